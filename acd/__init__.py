@@ -1,0 +1,1 @@
+"""ACD: skill-based routing core (pure), its simulation and benchmark."""

@@ -1,0 +1,1 @@
+"""Subcommands of `ivr-engine`: one module per command, each with `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""SIP call simulator: scripted callers and agents over the network (pjsua2)."""
