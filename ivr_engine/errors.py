@@ -5,13 +5,14 @@ IvrError
  +-- ConfigError            bad settings: names the file and the key
  +-- FlowError              a flow that cannot be loaded or run: file, line, column, node path
  +-- PromptError            a prompt id or language that the catalogue cannot serve
+ +-- ChannelHangup          the caller is gone (any channel: AGI, offline fake)
  +-- StoreError             the SQLite store (CIF, call records, audit) failed
  |    +-- AuditError        the audit chain is broken (names the first bad record)
  +-- PbxError               anything the PBX side did wrong or did not do
  |    +-- DevPbxError       building, starting or stopping the dev PBX
  |    +-- AgiError          FastAGI
  |    |    +-- AgiProtocolError   garbled bytes from the peer
- |    |    +-- AgiHangup          the caller hung up (HANGUP notice or 511)
+ |    |    +-- AgiHangup          the caller hung up (HANGUP notice or 511); also a ChannelHangup
  |    |    +-- AgiDeadChannel     the channel is gone (511)
  |    |    +-- AgiCommandError    520 / 510: the command was refused
  |    |    +-- AgiTimeout         no reply in time
@@ -84,6 +85,10 @@ class PromptError(IvrError):
     """A prompt that the catalogue cannot serve in any language of the fallback chain."""
 
 
+class ChannelHangup(IvrError):
+    """The caller hung up. Domain code (the flow interpreter) catches this one, never AgiHangup."""
+
+
 class StoreError(IvrError):
     """The SQLite store failed (disk full, locked, corrupt)."""
 
@@ -112,7 +117,7 @@ class AgiProtocolError(AgiError):
     """Bytes from the peer that are not AGI."""
 
 
-class AgiHangup(AgiError):
+class AgiHangup(AgiError, ChannelHangup):
     """The caller hung up; the session may still run dead-channel-safe commands."""
 
 
