@@ -177,11 +177,11 @@ class SimCall(pj.Call):  # type: ignore[misc]
 
     @property
     def is_connected(self) -> bool:
-        return self.state == pj.PJSIP_INV_STATE_CONFIRMED
+        return bool(self.state == pj.PJSIP_INV_STATE_CONFIRMED)
 
     @property
     def is_ended(self) -> bool:
-        return self.state == pj.PJSIP_INV_STATE_DISCONNECTED
+        return bool(self.state == pj.PJSIP_INV_STATE_DISCONNECTED)
 
     def send_dtmf(self, digits: str, *, method: str = "info", mask: bool = False) -> None:
         """Send digits by SIP INFO (default) or RFC 4733; `mask` keeps them out of the events."""
@@ -257,6 +257,11 @@ class SimCall(pj.Call):  # type: ignore[misc]
             w.setframerate(CLOCK_RATE)
             w.writeframes(self.heard())
         return p
+
+
+def _answer_if_ringing(call: SimCall) -> None:
+    if not call.is_ended and not call.is_connected:
+        call.answer(200)
 
 
 class CallerLine(pj.Account):  # type: ignore[misc]
@@ -346,10 +351,12 @@ class AgentPhone(pj.Account):  # type: ignore[misc]
         if self.on_incoming:
             self.on_incoming(call)
         if self.auto_answer_after is not None:
-            self.stack.later(self.auto_answer_after, lambda: None if call.is_ended else call.answer(200))
+            self.stack.later(self.auto_answer_after, lambda: _answer_if_ringing(call))
 
     def wait_registered(self, timeout: float = 10.0) -> None:
-        self.stack.wait_for(lambda: self.registered or self.reg_status >= 300, timeout, "registration")
+        self.stack.wait_for(
+            lambda: self.registered or self.reg_status >= 300, timeout, "registration"
+        )
         if not self.registered:
             raise SimError(f"{self.username}: registration failed with {self.reg_status}")
 
