@@ -290,9 +290,7 @@ class _EnvironmentBuilder:
             raise AgiEnvironmentError(f"agi_uniqueid is not a printable id: {_snippet(uniqueid)}")
         numbers = sorted(int(m.group(1)) for k in self._values if (m := _ARG_KEY.fullmatch(k)))
         if numbers != list(range(1, len(numbers) + 1)):
-            raise AgiEnvironmentError(
-                f"agi_arg_N keys are not contiguous from 1: {numbers[:10]}"
-            )
+            raise AgiEnvironmentError(f"agi_arg_N keys are not contiguous from 1: {numbers[:10]}")
         return AgiEnvironment(
             raw=MappingProxyType(dict(self._values)),
             undecodable=frozenset(self._undecodable),

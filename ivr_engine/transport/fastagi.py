@@ -1,0 +1,784 @@
+"""The FastAGI server: Asterisk's `AGI(agi://host:port/script)` connects here, one call each.
+
+`FastAgiServer` accepts connections from allowed peers, caps the number of concurrent calls,
+reads each call's environment under a deadline and hands an `AgiSession` to the handler (one
+task per call, named `agi-<uniqueid>`, with the call id in `ivr_engine.log.call_id_var`).
+`AgiSession` sends one command at a time and reads its reply under a deadline, using the
+sans-I/O `ivr_engine.protocol.agi.AgiConnection` for every byte.
+
+Errors an `AgiSession` raises (all from `ivr_engine.errors`):
+
+* `AgiHangup`: the caller is gone: a `HANGUP` notice came with the reply, a command that fails
+  with -1 on a channel that turns out to be hung up, or the PBX closed the connection.
+  `AgiDeadChannel` (a subclass) when Asterisk answered 511.
+* `AgiCommandError`: Asterisk refused the command (510, 520 usage, 503) or a command failed on a
+  live channel (a prompt file that does not exist).
+* `AgiTimeout`: no reply within the deadline; the session is closed (the stream is out of step).
+* `AgiProtocolError`: garbled bytes; the session is closed.
+* `AgiArgumentError` (a ValueError): an argument we refuse to send (CR/LF/NUL, too long).
+
+Nothing here logs a DTMF-bearing reply above DEBUG, and a command marked `sensitive=True`
+has its arguments and its reply replaced by `<withheld>` in every log line and error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import NoReturn
+
+from ivr_engine.config import AgiSettings
+from ivr_engine.errors import (
+    AgiCommandError,
+    AgiDeadChannel,
+    AgiError,
+    AgiHangup,
+    AgiProtocolError,
+    AgiTimeout,
+    ConfigError,
+)
+from ivr_engine.log import call_id_var
+from ivr_engine.protocol.agi import (
+    AgiConnection,
+    AgiEnvironment,
+    AgiResult,
+    AgiSequenceError,
+    Arg,
+    ConnectionClosed,
+    EnvironmentReceived,
+    Event,
+    HangupNoticed,
+    NeedData,
+    ReplyReceived,
+)
+
+__all__ = ["AgiSession", "DigitsInput", "FastAgiServer", "SessionHandler"]
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 65536
+CLOSE_TIMEOUT = 2.0  # seconds to let a socket close politely before aborting it
+PROBE_TIMEOUT = 5.0  # CHANNEL STATUS after a -1 result, to tell "hung up" from "failed"
+REFUSAL_LOG_INTERVAL = 60.0  # one WARNING per refused address (or for the cap) per interval
+WITHHELD = "<withheld>"
+
+SessionHandler = Callable[["AgiSession"], Awaitable[None]]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class DigitsInput:
+    """What GET DATA collected: `digits` ("" if none) and whether the caller stopped typing
+    (inter-digit timeout) rather than ending with `#` or reaching `max_digits`."""
+
+    digits: str
+    timed_out: bool
+
+    def __repr__(self) -> str:  # digits may be a PIN: never in a repr that reaches a log
+        return f"DigitsInput(digits=<{len(self.digits)} digits>, timed_out={self.timed_out})"
+
+
+def _describe(verb: str, args: tuple[Arg, ...], sensitive: bool) -> str:
+    if sensitive:
+        return f"{verb.upper()} {WITHHELD}" if args else verb.upper()
+    return " ".join([verb.upper(), *(repr(a) if isinstance(a, str) else str(a) for a in args)])
+
+
+def _describe_reply(result: AgiResult, sensitive: bool) -> str:
+    if sensitive and result.code == 200:
+        return f"200 result={WITHHELD}"
+    return result.raw.splitlines()[0] if result.raw else str(result.code)
+
+
+class AgiSession:
+    """One FastAGI call: its environment, and the commands we send on it.
+
+    Created by FastAgiServer and handed to the handler; not built by application code. One
+    command at a time: a second concurrent `command()` raises AgiSequenceError.
+
+    Dead channels: once the caller has hung up, a command raises AgiHangup unless it is sent
+    with `dead_ok=True` (SET/GET VARIABLE, VERBOSE, NOOP pass it: Asterisk runs those on a dead
+    channel, so the call's outcome can still be recorded on it).
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        peer: str,
+        command_timeout: float,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._peer = peer
+        self._command_timeout = command_timeout
+        self._conn = AgiConnection()
+        self._closed = False  # no more commands
+        self._socket_closed = False
+        self._close_reason: AgiError | None = None
+        self._hangup_logged = False
+
+    # -- what the handler can look at
+
+    @property
+    def env(self) -> AgiEnvironment:
+        """The call's AGI environment (always set when the handler runs)."""
+        env = self._conn.env
+        if env is None:
+            raise AgiSequenceError("the environment has not been received yet")
+        return env
+
+    @property
+    def call_id(self) -> str:
+        """Asterisk's uniqueid of the channel."""
+        return self.env.uniqueid
+
+    @property
+    def peer(self) -> str:
+        """The PBX address, `host:port`."""
+        return self._peer
+
+    @property
+    def hung_up(self) -> bool:
+        """True once Asterisk said the caller hung up (HANGUP notice or a 511 reply)."""
+        return self._conn.hung_up or isinstance(self._close_reason, AgiHangup)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- the one primitive
+
+    async def command(
+        self,
+        verb: str,
+        *args: Arg,
+        timeout: float | None = None,  # noqa: ASYNC109 (see command())
+        sensitive: bool = False,
+        dead_ok: bool = False,
+    ) -> AgiResult:
+        """Send one command and return its `200` reply.
+
+        `timeout` (seconds) defaults to the server's command timeout. It is a parameter, not
+        an `asyncio.timeout()` around the call, because a reply cut off half-read leaves the
+        stream out of step: on our timeout the session is closed, and a caller's cancellation
+        closes it too. `sensitive=True` keeps
+        the arguments and the reply out of every log line and error message. `dead_ok=True`
+        returns the reply even after the caller hung up (for commands Asterisk runs on a dead
+        channel). Raises AgiHangup, AgiDeadChannel (511), AgiCommandError (510/520/503),
+        AgiTimeout, AgiProtocolError, AgiArgumentError; see the module docstring.
+        """
+        what = _describe(verb, args, sensitive)
+        if self._closed:
+            if isinstance(self._close_reason, AgiHangup):
+                raise AgiHangup(f"cannot send {verb.upper()}: {self._close_reason}")
+            reason = f": {self._close_reason}" if self._close_reason else ""
+            raise AgiSequenceError(f"cannot send {verb.upper()}: the session is closed{reason}")
+        if self._conn.hung_up and not dead_ok:
+            raise AgiHangup(f"cannot send {verb.upper()}: the caller has hung up")
+        line = self._conn.send_command(verb, *args)  # AgiArgumentError: nothing was sent
+        deadline = self._command_timeout if timeout is None else timeout
+        log.debug("-> %s", what)
+        try:
+            async with asyncio.timeout(deadline):
+                self._writer.write(line)
+                await self._writer.drain()
+                reply = await self._await_reply(verb)
+        except TimeoutError:
+            err: AgiError = AgiTimeout(
+                f"no reply to {what} within {deadline:.1f}s; session closed (the reply "
+                "stream would be out of step)"
+            )
+            await self._fail(err)
+            raise err from None
+        except AgiProtocolError as exc:
+            err = exc
+            if sensitive:
+                err = AgiProtocolError(f"garbled reply to {what} (content {WITHHELD})")
+            await self._fail(err)
+            if err is exc:
+                raise
+            raise err from None
+        except AgiHangup as exc:
+            await self._fail(exc)
+            raise
+        except OSError as exc:
+            err = AgiHangup(f"connection to the PBX lost during {what}: {exc.strerror or exc}")
+            await self._fail(err)
+            raise err from None
+        except asyncio.CancelledError:
+            # The reply may be half-read: nothing could follow in step. Close without awaiting.
+            self._close_reason = AgiSequenceError(f"cancelled while {what} awaited its reply")
+            self._closed = True
+            self._writer.close()
+            raise
+        result = reply.result
+        log.debug("<- %s", _describe_reply(result, sensitive))
+        if result.code == 511:
+            raise AgiDeadChannel(f"{verb.upper()}: the channel is dead ({result.message})")
+        if result.code != 200:
+            detail = result.message
+            if result.usage:
+                detail += f" [{result.usage.strip().splitlines()[0].strip()}]"
+            raise AgiCommandError(
+                f"the PBX refused {what}: {result.code} {detail}",
+                code=result.code,
+                command=verb.upper(),
+            )
+        if self._conn.hung_up and not dead_ok:
+            raise AgiHangup(f"the caller hung up during {verb.upper()}")
+        return result
+
+    async def _await_reply(self, verb: str) -> ReplyReceived:
+        while True:
+            event = await self._read_event()
+            if isinstance(event, ReplyReceived):
+                return event
+            if isinstance(event, HangupNoticed):
+                if not self._hangup_logged:
+                    self._hangup_logged = True
+                    log.info("the PBX says the caller hung up (HANGUP notice)")
+                continue
+            if isinstance(event, ConnectionClosed):
+                raise AgiHangup(
+                    f"the PBX closed the connection while {verb.upper()} awaited its reply"
+                )
+            raise AgiProtocolError(f"unexpected {type(event).__name__} while awaiting a reply")
+
+    async def _read_event(self) -> Event:
+        while True:
+            event = self._conn.next_event()
+            if not isinstance(event, NeedData):
+                return event
+            try:
+                data = await self._reader.read(READ_CHUNK)
+            except ConnectionError as exc:
+                log.debug("read from %s failed: %s; treated as end of stream", self._peer, exc)
+                data = b""
+            if data:
+                self._conn.receive_data(data)
+            else:
+                self._conn.receive_eof()
+
+    async def _read_environment(self) -> AgiEnvironment | None:
+        """The environment, or None if the peer closed before sending a single byte."""
+        event = await self._read_event()
+        if isinstance(event, EnvironmentReceived):
+            return event.env
+        if isinstance(event, ConnectionClosed):
+            return None
+        raise AgiProtocolError(f"unexpected {type(event).__name__} before the environment")
+
+    async def _fail(self, reason: AgiError) -> None:
+        self._close_reason = reason
+        await self.close()
+
+    async def _check_failed(self, verb: str) -> NoReturn:
+        """A `-1` result means "error or hangup": ask CHANNEL STATUS which one it was.
+
+        On a hung-up channel Asterisk first sends HANGUP, then answers 511 (res_agi.c
+        run_agi() switches to dead mode), so the probe raises AgiHangup/AgiDeadChannel.
+        """
+        if not self.hung_up:
+            await self.command("CHANNEL STATUS", timeout=min(self._command_timeout, PROBE_TIMEOUT))
+        if self.hung_up:
+            raise AgiHangup(f"{verb}: the caller hung up")
+        raise AgiCommandError(
+            f"{verb} failed (result -1) on a live channel", code=200, command=verb
+        )
+
+    async def close(self) -> None:
+        """Close the connection (idempotent). Asterisk then continues the dialplan."""
+        self._closed = True
+        if self._socket_closed:
+            return
+        self._socket_closed = True
+        self._writer.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._writer.wait_closed()
+        except (TimeoutError, OSError):
+            self._writer.transport.abort()
+
+    # -- conveniences (the API the CallChannel adapter builds on)
+
+    async def answer(self) -> None:
+        """Answer the channel if it is not answered yet."""
+        result = await self.command("ANSWER")
+        if result.result == -1:
+            await self._check_failed("ANSWER")
+
+    async def hangup(self) -> None:
+        """Hang up the caller. Does nothing if the caller is already gone."""
+        if self.hung_up or self._closed:
+            return
+        try:
+            await self.command("HANGUP", dead_ok=True)
+        except AgiHangup:
+            pass  # gone already: what we wanted
+
+    async def stream_file(
+        self,
+        name: str,
+        escape_digits: str = "",
+        *,
+        offset: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (see command())
+    ) -> str | None:
+        """Play a sound file (no extension); return the escape digit pressed, or None.
+
+        `timeout` bounds the whole playback (default: the command timeout), so pass one
+        for prompts longer than that. A missing file raises AgiCommandError.
+        """
+        args: list[Arg] = [name, escape_digits]
+        if offset is not None:
+            args.append(offset)
+        result = await self.command("STREAM FILE", *args, timeout=timeout)
+        if result.result == -1:
+            await self._check_failed("STREAM FILE")
+        return result.digit
+
+    async def wait_for_digit(self, timeout_s: float, *, sensitive: bool = False) -> str | None:
+        """Wait up to `timeout_s` seconds for one DTMF digit; None on timeout."""
+        if not timeout_s > 0:
+            raise ValueError(f"wait_for_digit timeout must be > 0 seconds, got {timeout_s!r}")
+        result = await self.command(
+            "WAIT FOR DIGIT",
+            max(1, round(timeout_s * 1000)),
+            timeout=timeout_s + self._command_timeout,
+            sensitive=sensitive,
+        )
+        if result.result == -1:
+            await self._check_failed("WAIT FOR DIGIT")
+        return result.digit
+
+    async def get_data(
+        self,
+        file: str,
+        timeout_ms: int | None = None,
+        max_digits: int | None = None,
+        *,
+        sensitive: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (see command())
+    ) -> DigitsInput:
+        """Play `file` and collect DTMF until `#`, `max_digits`, or `timeout_ms` between digits.
+
+        `timeout` bounds the whole command (default: command timeout plus max_digits times
+        the inter-digit timeout). Mark PINs and card numbers `sensitive=True`.
+        """
+        args: list[Arg] = [file]
+        if timeout_ms is not None or max_digits is not None:
+            if timeout_ms is not None and timeout_ms < 0:
+                raise ValueError(f"timeout_ms must be >= 0, got {timeout_ms}")
+            args.append(timeout_ms or 0)
+        if max_digits is not None:
+            if max_digits < 1:
+                raise ValueError(f"max_digits must be >= 1, got {max_digits}")
+            args.append(max_digits)
+        if timeout is None:
+            per_digit = (timeout_ms or 5000) / 1000
+            timeout = self._command_timeout + (max_digits or 1) * per_digit
+        result = await self.command("GET DATA", *args, timeout=timeout, sensitive=sensitive)
+        if result.result_text == "-1":
+            await self._check_failed("GET DATA")
+        return DigitsInput(digits=result.result_text, timed_out=result.data == "timeout")
+
+    async def set_variable(self, name: str, value: str | int) -> None:
+        """Set a channel variable (works on a dead channel too)."""
+        if not name:
+            raise ValueError("set_variable needs a variable name")
+        await self.command("SET VARIABLE", name, value, dead_ok=True)
+
+    async def get_variable(self, name: str) -> str | None:
+        """A channel variable's value, or None when it is not set."""
+        result = await self.command("GET VARIABLE", name, dead_ok=True)
+        return (result.data or "") if result.result == 1 else None
+
+    async def get_full_variable(self, expression: str, channel: str | None = None) -> str | None:
+        """Evaluate `${...}` expressions (functions too); None when empty/not set."""
+        args: list[Arg] = [expression]
+        if channel is not None:
+            args.append(channel)
+        result = await self.command("GET FULL VARIABLE", *args, dead_ok=True)
+        return (result.data or "") if result.result == 1 else None
+
+    async def exec(
+        self,
+        app: str,
+        *options: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (see command())
+    ) -> int:
+        """Run a dialplan application; return what it returned (0 usually).
+
+        Options are joined with "," into the application's argument string (Asterisk passes
+        only the one argument after the application name). Raises AgiCommandError when the
+        application does not exist (-2), AgiHangup when it returned -1 because the caller
+        hung up; -1 on a live channel is returned as is.
+        """
+        args: list[Arg] = [app]
+        if options:
+            args.append(",".join(options))
+        result = await self.command("EXEC", *args, timeout=timeout)
+        code = result.result if result.result is not None else 0
+        if code == -2:
+            raise AgiCommandError(
+                f"EXEC: no dialplan application {app!r}", code=200, command="EXEC"
+            )
+        if code == -1:
+            try:
+                await self._check_failed(f"EXEC {app}")
+            except AgiCommandError:
+                return -1
+        return code
+
+    async def verbose(self, message: str, level: int = 1) -> None:
+        """Write to Asterisk's verbose log (never put caller secrets in it)."""
+        await self.command("VERBOSE", message, level, dead_ok=True)
+
+    async def say_digits(self, digits: str, escape_digits: str = "") -> str | None:
+        """Say digits one by one; return the escape digit pressed, or None."""
+        result = await self.command("SAY DIGITS", digits, escape_digits)
+        if result.result == -1:
+            await self._check_failed("SAY DIGITS")
+        return result.digit
+
+    async def say_number(
+        self, number: int | str, escape_digits: str = "", gender: str | None = None
+    ) -> str | None:
+        """Say a number; return the escape digit pressed, or None."""
+        args: list[Arg] = [number, escape_digits]
+        if gender is not None:
+            args.append(gender)
+        result = await self.command("SAY NUMBER", *args)
+        if result.result == -1:
+            await self._check_failed("SAY NUMBER")
+        return result.digit
+
+    async def set_music(self, on: bool, music_class: str | None = None) -> None:
+        """Start (`on=True`) or stop music on hold on the channel."""
+        args: list[Arg] = ["on" if on else "off"]
+        if music_class is not None:
+            args.append(music_class)
+        await self.command("SET MUSIC", *args)
+
+    async def channel_status(self) -> int:
+        """The channel state (6 = up, 4 = ringing; see AGI CHANNEL STATUS)."""
+        result = await self.command("CHANNEL STATUS")
+        if result.result is None:
+            raise AgiProtocolError(f"CHANNEL STATUS reply without a number: {result.raw!r}")
+        return result.result
+
+    async def noop(self, text: str | None = None) -> None:
+        """Do nothing (a round trip: proves the connection is alive and in step)."""
+        await self.command("NOOP", *(() if text is None else (text,)), dead_ok=True)
+
+
+class _RefusalLog:
+    """One WARNING per key per interval; the rest at DEBUG, counted in the next WARNING."""
+
+    def __init__(self, interval: float, max_keys: int = 1024) -> None:
+        self._interval = interval
+        self._max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, key: str, now: float, message: str, *args: object) -> None:
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            log.debug(message, *args)
+            return
+        if len(self._last) >= self._max_keys:
+            self._last.clear()
+            self._suppressed.clear()
+        self._last[key] = now
+        more = self._suppressed.pop(key, 0)
+        suffix = f" ({more} more since the last warning)" if more else ""
+        log.warning(message + suffix, *args)
+
+
+def _parse_allow(allow: Iterable[str]) -> tuple[IpNetwork, ...]:
+    if isinstance(allow, str):
+        allow = (allow,)
+    networks: list[IpNetwork] = []
+    for entry in allow:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"not an IP address or network: {entry!r}", key="agi.allow") from None
+    return tuple(networks)
+
+
+class FastAgiServer:
+    """Accepts FastAGI connections and runs `handler(session)` for each call.
+
+    handler          async callable taking an AgiSession; its exceptions are logged with the
+                     call id and the session is closed (Asterisk continues the dialplan)
+    host, port       where to listen (port 0: any free port, see `port`)
+    allow            peers allowed to connect: addresses or CIDR networks (loopback default)
+    max_sessions     concurrent calls; one more is closed at once and logged
+    header_timeout   seconds for a new connection to send its whole environment
+    command_timeout  default seconds for a command's reply
+    drain_timeout    on close(), seconds running calls may go on before they are cancelled
+    """
+
+    def __init__(
+        self,
+        handler: SessionHandler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4573,
+        allow: Iterable[str] = ("127.0.0.0/8", "::1"),
+        max_sessions: int = 2000,
+        header_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+        drain_timeout: float = 20.0,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"port out of range: {port}", key="agi.port")
+        if max_sessions < 1:
+            raise ConfigError(f"must be at least 1, got {max_sessions}", key="agi.max_sessions")
+        for key, value in (
+            ("header_timeout", header_timeout),
+            ("command_timeout", command_timeout),
+            ("drain_timeout", drain_timeout),
+        ):
+            if not value > 0:
+                raise ConfigError(f"must be > 0 seconds, got {value}", key=f"agi.{key}")
+        self._handler = handler
+        self._host = host
+        self._port = port
+        self._allow = _parse_allow(allow)
+        self._max_sessions = max_sessions
+        self._header_timeout = header_timeout
+        self._command_timeout = command_timeout
+        self._drain_timeout = drain_timeout
+        self._server: asyncio.Server | None = None
+        self._sessions: dict[asyncio.Task[None], AgiSession] = {}
+        self._closing = False
+        self._stopped = asyncio.Event()
+        self._refusals = _RefusalLog(REFUSAL_LOG_INTERVAL)
+
+    @classmethod
+    def from_settings(cls, handler: SessionHandler, settings: AgiSettings) -> FastAgiServer:
+        return cls(
+            handler,
+            host=settings.host,
+            port=settings.port,
+            allow=settings.allow,
+            max_sessions=settings.max_sessions,
+            header_timeout=settings.header_timeout,
+            command_timeout=settings.command_timeout,
+            drain_timeout=settings.drain_timeout,
+        )
+
+    # -- state
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port=0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("FastAgiServer is not listening (call start() first)")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def closing(self) -> bool:
+        """True once close() began: handlers may use it to wrap calls up."""
+        return self._closing
+
+    # -- life cycle
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("FastAgiServer already started")
+        if self._closing:
+            raise RuntimeError("FastAgiServer was closed; make a new one")
+        try:
+            self._server = await asyncio.start_server(
+                self._on_connect, self._host, self._port, reuse_address=True
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self._host}:{self._port}: {exc.strerror or exc}",
+                key="agi.port",
+            ) from None
+        log.info("FastAGI listening on %s:%d", self._host, self.port)
+
+    async def serve_forever(self) -> None:
+        """Serve until close() is called (starting first if needed).
+
+        Cancelling it stops at once: no drain, running calls are cancelled.
+        """
+        if self._server is None:
+            await self.start()
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            await self._abort()
+            raise
+
+    async def close(self) -> None:
+        """Stop accepting, let running calls finish until drain_timeout, then cancel them."""
+        if self._closing:
+            await self._stopped.wait()
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        try:
+            tasks = list(self._sessions)
+            if tasks:
+                log.info(
+                    "FastAGI closing: draining %d call(s) for up to %.1fs",
+                    len(tasks),
+                    self._drain_timeout,
+                )
+                _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
+                if pending:
+                    log.warning(
+                        "FastAGI closing: cancelling %d call(s) still running after %.1fs",
+                        len(pending),
+                        self._drain_timeout,
+                    )
+                    await self._cancel(pending)
+            if self._server is not None:
+                await self._server.wait_closed()
+        finally:
+            self._stopped.set()
+        log.info("FastAGI closed")
+
+    async def _abort(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        await self._cancel(set(self._sessions))
+        self._stopped.set()
+
+    async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT + 1.0)
+            for task in stuck:
+                log.error("FastAGI session task %s ignored cancellation", task.get_name())
+
+    async def __aenter__(self) -> FastAgiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- connections
+
+    def _allowed(self, address: IpAddress) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self._allow)
+
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain function, not a coroutine: asyncio would otherwise run it in an unnamed task
+        # it owns; we create (and own, and name) the session task ourselves.
+        peername = writer.get_extra_info("peername")
+        host, port = (str(peername[0]), int(peername[1])) if peername else ("?", 0)
+        peer = f"{host}:{port}"
+        now = asyncio.get_running_loop().time()
+        if self._closing:
+            writer.close()
+            return
+        try:
+            address: IpAddress | None = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            address = None
+        if address is None or not self._allowed(address):
+            self._refusals.log(
+                f"peer {host}", now, "FastAGI: refused connection from %s (not in agi.allow)", peer
+            )
+            writer.close()
+            return
+        if len(self._sessions) >= self._max_sessions:
+            self._refusals.log(
+                "cap",
+                now,
+                "FastAGI: %d calls already running (agi.max_sessions); closed the connection "
+                "from %s at once so the dialplan falls back",
+                len(self._sessions),
+                peer,
+            )
+            writer.close()
+            return
+        session = AgiSession(reader, writer, peer=peer, command_timeout=self._command_timeout)
+        task = asyncio.get_running_loop().create_task(
+            self._run_session(session), name=f"agi-peer-{peer}"
+        )
+        self._sessions[task] = session
+        task.add_done_callback(self._session_done)
+
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        self._sessions.pop(task, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("FastAGI session task %s failed: %r", task.get_name(), exc)
+
+    async def _run_session(self, session: AgiSession) -> None:
+        try:
+            try:
+                async with asyncio.timeout(self._header_timeout):
+                    env = await session._read_environment()
+            except TimeoutError:
+                log.warning(
+                    "FastAGI: %s sent no complete environment within %.1fs; closed",
+                    session.peer,
+                    self._header_timeout,
+                )
+                return
+            except AgiProtocolError as exc:
+                log.warning("FastAGI: %s: %s; closed", session.peer, exc)
+                return
+            if env is None:
+                log.debug(
+                    "FastAGI: %s closed without sending anything (health check?)", session.peer
+                )
+                return
+            task = asyncio.current_task()
+            if task is not None:
+                task.set_name(f"agi-{env.uniqueid}")
+            call_id_var.set(env.uniqueid)
+            if env.undecodable:
+                log.warning(
+                    "environment values not valid UTF-8 (decoded with U+FFFD): %s",
+                    ", ".join(sorted(env.undecodable)),
+                )
+            log.info(
+                "call from %s: channel %s, script %r",
+                session.peer,
+                env.channel,
+                env.network_script,
+            )
+            try:
+                await self._handler(session)
+            except AgiHangup as exc:
+                log.info("call ended by the caller: %s", exc)
+            except AgiError as exc:
+                log.warning("call ended on a FastAGI error: %s: %s", type(exc).__name__, exc)
+            except Exception:
+                log.exception("call handler failed; session closed")
+            else:
+                log.debug("call handler finished")
+        finally:
+            await session.close()
