@@ -123,6 +123,15 @@ class AmiFrame:
     def action_id(self) -> str:
         return self.fields.get_str("ActionID")
 
+    @property
+    def is_event(self) -> bool:
+        return bool(self.event)
+
+    @property
+    def is_response(self) -> bool:
+        # OriginateResponse is an event that also carries a `Response:` header.
+        return bool(self.response) and not self.event
+
 
 def parse_frame(text: str) -> AmiFrame:
     pairs: list[tuple[str, str]] = []
@@ -246,21 +255,27 @@ class PendingAction:
         self.complete_event: AmiEvent | None = None
         self.done = False
 
-    def feed(self, frame: AmiFrame) -> bool:
-        """Take one frame with our ActionID; True once the reply is complete."""
+    def wants(self, frame: AmiFrame) -> bool:
+        """Is this frame (with our ActionID) part of the reply? Events before the response are
+        not: an async Originate that fails at once may send its OriginateResponse event before
+        Asterisk writes "Originate successfully queued"; that event goes to the subscribers."""
         if self.done:
-            raise AmiProtocolError(f"frame after the end of the reply to {self.action}")
+            return False
         if self.response is None:
-            if not frame.response:
-                # An event with our ActionID before the response: keep it, wait for the response.
-                self.events.append(parse_event(frame))
-                return False
+            return frame.is_response
+        return self.is_list and frame.is_event
+
+    def feed(self, frame: AmiFrame) -> bool:
+        """Take one frame that `wants()` accepted; True once the reply is complete."""
+        if not self.wants(frame):
+            raise AmiProtocolError(
+                f"frame out of place in the reply to {self.action} (ActionID {self.action_id})"
+            )
+        if self.response is None:
             self.response = AmiResponse.from_frame(self.action, frame)
             self.is_list = frame.fields.get_str("EventList").lower() == "start"
             self.done = not self.is_list or not self.response.success
             return self.done
-        if not frame.event:
-            raise AmiProtocolError(f"second response to {self.action} (ActionID {self.action_id})")
         event = parse_event(frame)
         if frame.fields.get_str("EventList").lower() == "complete" or frame.event.endswith(
             "Complete"

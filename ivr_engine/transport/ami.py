@@ -569,6 +569,9 @@ class AmiClient:
                     log.error("AMI %s: %s", self.address, exc)
                 except AmiError as exc:
                     log.warning("AMI %s: reconnect failed: %s", self.address, exc)
+                except Exception:
+                    # A bug must not end reconnecting for the life of the daemon.
+                    log.exception("AMI %s: reconnect failed unexpectedly", self.address)
 
     async def _reap_old_pingers(self) -> None:
         old, self._old_pingers = self._old_pingers, []
@@ -596,6 +599,11 @@ class AmiClient:
                 if not protocol.closed:
                     log.error("AMI %s: Ping failed (%s); reconnecting", self.address, exc)
                     protocol.abort()
+                return
+            except Exception:
+                # Without its pinger a connection could go half-open unnoticed: start afresh.
+                log.exception("AMI %s: ping task failed; reconnecting", self.address)
+                protocol.abort()
                 return
             if not (
                 isinstance(reply, AmiResponse)
@@ -682,16 +690,19 @@ class AmiClient:
         if async_:
             self._originations[action_id] = asyncio.get_running_loop().create_future()
             while len(self._originations) > self._keep_originate_results:
-                _, old = self._originations.popitem(last=False)
+                old_id, old = self._originations.popitem(last=False)
                 if not old.done():
-                    old.cancel()
+                    old.set_exception(AmiError(f"OriginateResponse of {old_id} no longer kept"))
+                    old.exception()
+        queued = False
         try:
             await self.action(action, timeout=timeout)
-        except BaseException:
-            future = self._originations.pop(action_id, None)
-            if future is not None and not future.done():
-                future.cancel()
-            raise
+            queued = True
+        finally:
+            if not queued:  # refused, lost, timed out or cancelled: nothing to wait for
+                future = self._originations.pop(action_id, None)
+                if future is not None and not future.done():
+                    future.cancel()
         return action_id
 
     async def originate_response(
@@ -760,18 +771,12 @@ class AmiClient:
     def _on_frame(self, protocol: _GuardedProtocol, frame: AmiFrame) -> None:
         action_id = frame.action_id
         sent = protocol.sent.get(action_id) if action_id else None
-        if sent is not None and not sent.future.done():
-            try:
-                complete = sent.pending.feed(frame)
-            except AmiProtocolError as exc:
-                sent.future.set_exception(exc)
-                sent.future.exception()
-                return
-            if complete:
+        if sent is not None and not sent.future.done() and sent.pending.wants(frame):
+            if sent.pending.feed(frame):
                 sent.future.set_result(sent.pending)
             return
-        if not frame.event:
-            if frame.response:
+        if not frame.is_event:
+            if frame.is_response:
                 log.debug("AMI %s: reply for unknown ActionID %s ignored", self.address, action_id)
             return
         event = parse_event(frame)

@@ -60,6 +60,7 @@ class FakeAmi:
         self.drop_on: set[str] = set()
         self.silent = False  # stop answering, keep the socket: half-open
         self.fully_booted = True
+        self.originate_event_first = False  # a fast failure can overtake the "queued" reply
         self.connections = 0
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
@@ -175,7 +176,7 @@ class FakeAmi:
                 ),
             ]
         if action == "originate":
-            return [
+            out = [
                 frame(("Response", "Success"), aid, ("Message", "Originate successfully queued")),
                 frame(
                     ("Event", "OriginateResponse"),
@@ -190,6 +191,7 @@ class FakeAmi:
                     ("CallerIDName", "陈先生"),
                 ),
             ]
+            return out[::-1] if self.originate_event_first else out
         return [frame(("Response", "Error"), aid, ("Message", "Invalid/unknown command"))]
 
     async def push(self, data: bytes, *, split_at: int | None = None) -> None:
@@ -313,6 +315,12 @@ def test_list_reply_completes_on_the_complete_event_and_error_ends_at_once() -> 
     assert p.is_list and [e.name for e in p.events] == ["QueueParams"]
     e = PendingAction("PJSIPShowEndpoints", "a2")
     assert e.feed(parse_frame("Response: Error\nActionID: a2\nMessage: No endpoints found\n"))
+    o = PendingAction("Originate", "a3")
+    early = parse_frame("Event: OriginateResponse\nActionID: a3\nResponse: Failure\n")
+    assert early.is_event and not early.is_response and not o.wants(early)
+    with pytest.raises(AmiProtocolError):
+        o.feed(early)
+    assert o.feed(parse_frame("Response: Success\nActionID: a3\nMessage: Originate queued\n"))
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
@@ -479,7 +487,11 @@ async def test_originate_in_flight_at_the_drop_is_never_sent_twice(fake: FakeAmi
     await client.close()
 
 
-async def test_originate_returns_action_id_and_correlates_its_response(fake: FakeAmi) -> None:
+@pytest.mark.parametrize("event_first", [False, True])
+async def test_originate_returns_action_id_and_correlates_its_response(
+    fake: FakeAmi, event_first: bool
+) -> None:
+    fake.originate_event_first = event_first
     async with AmiClient(settings(fake.port)) as client:
         action_id = await client.originate(
             channel="PJSIP/agent-1001",
