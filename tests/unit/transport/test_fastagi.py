@@ -1,0 +1,644 @@
+"""The FastAGI server over real sockets on 127.0.0.1, against a fake Asterisk client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from ivr_engine.config import AgiSettings
+from ivr_engine.errors import (
+    AgiCommandError,
+    AgiDeadChannel,
+    AgiHangup,
+    AgiProtocolError,
+    AgiTimeout,
+    ConfigError,
+)
+from ivr_engine.log import call_id_var
+from ivr_engine.protocol.agi import (
+    AgiArgumentError,
+    AgiSequenceError,
+    environment_lines,
+    parse_command_line,
+)
+from ivr_engine.transport.fastagi import AgiSession, DigitsInput, FastAgiServer
+
+IO_TIMEOUT = 5.0
+
+
+def env_block(uniqueid: str = "1764075600.42", **extra: str) -> bytes:
+    env = {
+        "agi_network": "yes",
+        "agi_network_script": "hotline",
+        "agi_request": "agi://127.0.0.1/hotline",
+        "agi_channel": "PJSIP/carrier-00000007",
+        "agi_language": "en",
+        "agi_type": "PJSIP",
+        "agi_uniqueid": uniqueid,
+        "agi_version": "22.0.0",
+        "agi_callerid": "13800138000",
+        "agi_calleridname": "Zhang San",
+        "agi_callingpres": "0",
+        "agi_dnid": "4008",
+        "agi_context": "from-carrier",
+        "agi_extension": "4008",
+        "agi_priority": "2",
+        "agi_enhanced": "0.0",
+        "agi_accountcode": "",
+        "agi_threadid": "1",
+        **extra,
+    }
+    return environment_lines(env)
+
+
+class FakeAsterisk:
+    """Asterisk's side of FastAGI: sends the environment, reads commands, sends replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int) -> FakeAsterisk:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def command(self) -> tuple[str, ...]:
+        async with asyncio.timeout(IO_TIMEOUT):
+            line = await self.reader.readline()
+        assert line.endswith(b"\n"), f"server closed instead of sending a command: {line!r}"
+        return parse_command_line(line.decode())
+
+    async def expect(self, *words: str, reply: bytes | str) -> None:
+        got = await self.command()
+        assert got == words
+        await self.send(reply.encode() if isinstance(reply, str) else reply)
+
+    async def assert_closed_by_server(self) -> None:
+        async with asyncio.timeout(IO_TIMEOUT):
+            rest = await self.reader.read()
+        assert rest == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+Handler = Callable[[AgiSession], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler, **options: Any) -> AsyncIterator[FastAgiServer]:
+    options.setdefault("header_timeout", 2.0)
+    options.setdefault("command_timeout", 2.0)
+    options.setdefault("drain_timeout", 2.0)
+    server = FastAgiServer(handler, host="127.0.0.1", port=0, **options)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+    assert server.active_sessions == 0
+    # every session task has ended: nothing but the test itself is left running
+    assert {t for t in asyncio.all_tasks() if not t.done()} == {asyncio.current_task()}
+
+
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(IO_TIMEOUT):
+        while not predicate():  # noqa: ASYNC110 - test-only poll of server state
+            await asyncio.sleep(0.01)
+
+
+class Recorder:
+    """What a handler saw; tests assert on it after the session ended."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.done = asyncio.Event()
+
+
+# --------------------------------------------------------------------------- a whole call
+
+
+async def test_full_mini_call(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        rec.values["env"] = session.env
+        rec.values["task"] = asyncio.current_task().get_name()  # type: ignore[union-attr]
+        rec.values["call_id_var"] = call_id_var.get()
+        await session.answer()
+        rec.values["digit"] = await session.stream_file("welcome", "12")
+        rec.values["pin"] = await session.get_data("enter-pin", 5000, 4, sensitive=True)
+        await session.set_variable("IVR_RESULT", 'menu "1" \\ done')
+        rec.values["var"] = await session.get_variable("CALLERID(name)")
+        rec.values["unset"] = await session.get_variable("NOSUCH")
+        rec.values["status"] = await session.channel_status()
+        rec.values["exec"] = await session.exec("Playback", "silence/1", "noanswer")
+        await session.hangup()
+        rec.done.set()
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        await ast.expect("ANSWER", reply="200 result=0\n")
+        await ast.expect("STREAM", "FILE", "welcome", "12", reply="200 result=49 endpos=8000\n")
+        await ast.expect("GET", "DATA", "enter-pin", "5000", "4", reply="200 result=2468\n")
+        await ast.expect(
+            "SET", "VARIABLE", "IVR_RESULT", 'menu "1" \\ done', reply="200 result=1\n"
+        )
+        await ast.expect(
+            "GET", "VARIABLE", "CALLERID(name)", reply="200 result=1 (Zhang (Z) San)\n"
+        )
+        await ast.expect("GET", "VARIABLE", "NOSUCH", reply="200 result=0\n")
+        await ast.expect("CHANNEL", "STATUS", reply="200 result=6\n")
+        await ast.expect("EXEC", "Playback", "silence/1,noanswer", reply="200 result=0\n")
+        await ast.expect("HANGUP", reply="200 result=1\n")
+        await ast.assert_closed_by_server()
+        await ast.close()
+        await wait_until(lambda: server.active_sessions == 0, "session end")
+
+    assert rec.done.is_set()
+    assert rec.values["env"].caller_number == "13800138000"
+    assert rec.values["task"] == "agi-1764075600.42"
+    assert rec.values["call_id_var"] == "1764075600.42"
+    assert rec.values["digit"] == "1"
+    assert rec.values["pin"] == DigitsInput(digits="2468", timed_out=False)
+    assert rec.values["var"] == "Zhang (Z) San"
+    assert rec.values["unset"] is None
+    assert rec.values["status"] == 6
+    assert rec.values["exec"] == 0
+    text = caplog.text
+    assert "2468" not in text, "a sensitive reply reached the log"
+    assert "GET DATA <withheld>" in text and "200 result=<withheld>" in text
+    assert "STREAM FILE 'welcome' '12'" in text  # non-sensitive commands are logged at DEBUG
+    assert all(r.levelno <= logging.DEBUG for r in caplog.records if "result=49" in r.message)
+
+
+async def test_reading_answers_split_into_single_bytes() -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        rec.values["v"] = await session.get_variable("X")
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        for b in env_block():
+            await ast.send(bytes([b]))
+        assert await ast.command() == ("GET", "VARIABLE", "X")
+        for b in "HANGUP\n200 result=1 (值)\n".encode():
+            await ast.send(bytes([b]))
+        await ast.assert_closed_by_server()
+        await ast.close()
+    assert rec.values["v"] == "值"
+
+
+# --------------------------------------------------------------------------- hangups
+
+
+async def test_hangup_notice_before_the_reply_keeps_the_session_in_step() -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        try:
+            await session.stream_file("welcome")
+        except AgiHangup as exc:
+            rec.values["hangup"] = exc
+        rec.values["hung_up"] = session.hung_up
+        # dead-channel-safe commands still work, and get their own reply
+        await session.set_variable("IVR_OUTCOME", "caller-hung-up")
+        rec.values["var"] = await session.get_variable("IVR_OUTCOME")
+        try:
+            await session.stream_file("bye")
+        except AgiHangup as exc:
+            rec.values["second"] = exc
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        await ast.expect("STREAM", "FILE", "welcome", "", reply="HANGUP\n200 result=0 endpos=99\n")
+        await ast.expect("SET", "VARIABLE", "IVR_OUTCOME", "caller-hung-up", reply="200 result=1\n")
+        await ast.expect("GET", "VARIABLE", "IVR_OUTCOME", reply="200 result=1 (caller-hung-up)\n")
+        await ast.assert_closed_by_server()  # the 2nd STREAM FILE was never sent
+        await ast.close()
+    assert isinstance(rec.values["hangup"], AgiHangup)
+    assert rec.values["hung_up"] is True
+    assert rec.values["var"] == "caller-hung-up"
+    assert "has hung up" in str(rec.values["second"])
+
+
+async def test_511_is_a_dead_channel_and_minus_one_is_probed() -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        with pytest.raises(AgiDeadChannel, match="dead"):
+            await session.command("SAY ALPHA", "abc", "")
+        rec.values["ok"] = True
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        await ast.expect(
+            "SAY", "ALPHA", "abc", "", reply="511 Command Not Permitted on a dead channel\n"
+        )
+        await ast.assert_closed_by_server()
+        await ast.close()
+    assert rec.values["ok"]
+
+
+async def test_minus_one_on_a_live_channel_is_a_command_error_on_a_dead_one_a_hangup() -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        with pytest.raises(AgiCommandError, match="failed .result -1. on a live channel"):
+            await session.stream_file("no-such-prompt")
+        assert not session.hung_up
+        with pytest.raises(AgiHangup):
+            await session.wait_for_digit(1.0)
+        rec.values["ok"] = True
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        await ast.expect("STREAM", "FILE", "no-such-prompt", "", reply="200 result=-1 endpos=0\n")
+        await ast.expect("CHANNEL", "STATUS", reply="200 result=6\n")
+        await ast.expect("WAIT", "FOR", "DIGIT", "1000", reply="200 result=-1\n")
+        await ast.expect(
+            "CHANNEL", "STATUS", reply="HANGUP\n511 Command Not Permitted on a dead channel\n"
+        )
+        await ast.assert_closed_by_server()
+        await ast.close()
+    assert rec.values["ok"]
+
+
+async def test_client_disconnects_mid_command() -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        try:
+            await session.stream_file("long-legal-text")
+        except AgiHangup as exc:
+            rec.values["exc"] = exc
+        rec.values["closed"] = session.closed
+        with pytest.raises(AgiHangup):
+            await session.noop()
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        assert await ast.command() == ("STREAM", "FILE", "long-legal-text", "")
+        await ast.close()
+        await wait_until(lambda: "exc" in rec.values and server.active_sessions == 0, "hangup")
+    assert "closed the connection while STREAM FILE awaited its reply" in str(rec.values["exc"])
+    assert rec.values["closed"] is True
+
+
+# --------------------------------------------------------------------------- refused commands
+
+
+async def test_510_and_520_are_command_errors_and_the_session_goes_on() -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        with pytest.raises(AgiCommandError) as e510:
+            await session.command("FROB")
+        with pytest.raises(AgiCommandError) as e520:
+            await session.command("GET DATA")
+        rec.values["codes"] = (e510.value.code, e520.value.code)
+        rec.values["usage_in_message"] = "Usage: GET DATA" in str(e520.value)
+        await session.noop()
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        await ast.expect("FROB", reply="510 Invalid or unknown command\n")
+        await ast.expect(
+            "GET",
+            "DATA",
+            reply=(
+                "520-Invalid command syntax.  Proper usage follows:\n"
+                " Usage: GET DATA <file to be streamed> [timeout] [max digits]\n"
+                "520 End of proper usage.\n"
+            ),
+        )
+        await ast.expect("NOOP", reply="200 result=0\n")
+        await ast.assert_closed_by_server()
+        await ast.close()
+    assert rec.values["codes"] == (510, 520)
+    assert rec.values["usage_in_message"]
+
+
+async def test_injection_is_refused_before_anything_is_sent() -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        with pytest.raises(AgiArgumentError):
+            await session.set_variable("CIF_NAME", "Mallory\nEXEC System reboot")
+        await session.noop()  # the session is still usable and in step
+        rec.values["ok"] = True
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        await ast.expect("NOOP", reply="200 result=0\n")
+        await ast.assert_closed_by_server()
+        await ast.close()
+    assert rec.values["ok"]
+
+
+# --------------------------------------------------------------------------- bad peers
+
+
+async def test_garbled_reply_closes_the_session(caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        try:
+            await session.get_data("enter-pin", 3000, 4, sensitive=True)
+        except AgiProtocolError as exc:
+            rec.values["exc"] = exc
+            raise
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        assert (await ast.command())[:2] == ("GET", "DATA")
+        await ast.send(b"SOMETHING 1234 ELSE\n")
+        await ast.assert_closed_by_server()
+        await ast.close()
+    assert "withheld" in str(rec.values["exc"])
+    assert "1234" not in caplog.text
+    assert "call ended on a FastAGI error: AgiProtocolError" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: ivr\r\n\r\n", "not an AGI environment line"),
+        (b"agi_request: " + b"x" * 20000, "line longer than"),
+        (b"agi_network: yes\n", "sent no complete environment within"),
+    ],
+)
+async def test_bad_environment_is_logged_and_closed(
+    caplog: pytest.LogCaptureFixture, data: bytes, message: str
+) -> None:
+    called = False
+
+    async def handler(session: AgiSession) -> None:
+        nonlocal called
+        called = True
+
+    async with serving(handler, header_timeout=0.3) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(data)
+        await ast.assert_closed_by_server()
+        await ast.close()
+        await wait_until(lambda: server.active_sessions == 0, "session end")
+    assert not called
+    assert message in caplog.text
+    assert "127.0.0.1:" in caplog.text
+
+
+async def test_silent_client_is_closed_after_header_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(session: AgiSession) -> None:
+        raise AssertionError("not reached")
+
+    async with serving(handler, header_timeout=0.3) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        started = time.monotonic()
+        await ast.assert_closed_by_server()
+        elapsed = time.monotonic() - started
+        await ast.close()
+        await wait_until(lambda: server.active_sessions == 0, "session end")
+    assert 0.2 < elapsed < 2.0
+    assert "sent no complete environment within 0.3s" in caplog.text
+
+
+async def test_health_check_connect_and_close_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def handler(session: AgiSession) -> None:
+        raise AssertionError("not reached")
+
+    async with serving(handler) as server:
+        for _ in range(3):
+            ast = await FakeAsterisk.connect(server.port)
+            await ast.close()
+        await wait_until(lambda: server.active_sessions == 0, "session end")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_command_timeout_closes_the_session() -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        started = time.monotonic()
+        try:
+            await session.answer()
+        except AgiTimeout as exc:
+            rec.values["exc"] = exc
+            rec.values["elapsed"] = time.monotonic() - started
+        rec.values["closed"] = session.closed
+        with pytest.raises(AgiSequenceError, match="session is closed"):
+            await session.noop()
+
+    async with serving(handler, command_timeout=0.3) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        assert await ast.command() == ("ANSWER",)
+        await ast.assert_closed_by_server()  # no reply from us: the server gives up and closes
+        await ast.close()
+    assert "no reply to ANSWER within 0.3s" in str(rec.values["exc"])
+    assert 0.25 < rec.values["elapsed"] < 2.0
+    assert rec.values["closed"] is True
+
+
+async def test_handler_exception_is_logged_with_the_call_id() -> None:
+    seen: list[tuple[str, str, bool]] = []
+
+    class CallIdCapture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), call_id_var.get(), record.exc_info is not None))
+
+    capture = CallIdCapture(level=logging.ERROR)
+    logging.getLogger("ivr_engine.transport.fastagi").addHandler(capture)
+
+    async def handler(session: AgiSession) -> None:
+        raise RuntimeError("CIF lookup exploded")
+
+    try:
+        async with serving(handler) as server:
+            ast = await FakeAsterisk.connect(server.port)
+            await ast.send(env_block(uniqueid="1764075600.77"))
+            await ast.assert_closed_by_server()
+            await ast.close()
+    finally:
+        logging.getLogger("ivr_engine.transport.fastagi").removeHandler(capture)
+    assert ("call handler failed; session closed", "1764075600.77", True) in seen
+
+
+# --------------------------------------------------------------------------- admission
+
+
+async def test_refused_peer_is_closed_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    called = False
+
+    async def handler(session: AgiSession) -> None:
+        nonlocal called
+        called = True
+
+    async with serving(handler, allow=("10.0.0.0/8",)) as server:
+        for _ in range(3):
+            ast = await FakeAsterisk.connect(server.port)
+            await ast.send(env_block())
+            await ast.assert_closed_by_server()
+            await ast.close()
+    assert not called
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "refused connection from 127.0.0.1:" in warnings[0].getMessage()
+
+
+async def test_session_cap(caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+    running = asyncio.Event()
+
+    async def handler(session: AgiSession) -> None:
+        running.set()
+        await release.wait()
+
+    async with serving(handler, max_sessions=1) as server:
+        first = await FakeAsterisk.connect(server.port)
+        await first.send(env_block(uniqueid="1.1"))
+        async with asyncio.timeout(IO_TIMEOUT):
+            await running.wait()
+        assert server.active_sessions == 1
+        second = await FakeAsterisk.connect(server.port)
+        await second.send(env_block(uniqueid="1.2"))
+        await second.assert_closed_by_server()  # at once: Asterisk falls back in the dialplan
+        await second.close()
+        assert "agi.max_sessions" in caplog.text
+        release.set()
+        await first.assert_closed_by_server()
+        await first.close()
+        await wait_until(lambda: server.active_sessions == 0, "first session end")
+        # a free slot again
+        third = await FakeAsterisk.connect(server.port)
+        running.clear()
+        await third.send(env_block(uniqueid="1.3"))
+        async with asyncio.timeout(IO_TIMEOUT):
+            await running.wait()
+        await third.assert_closed_by_server()
+        await third.close()
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_close_drains_running_calls_then_cancels_the_rest() -> None:
+    rec = Recorder()
+    both_running = asyncio.Event()
+    started: set[str] = set()
+
+    async def handler(session: AgiSession) -> None:
+        started.add(session.call_id)
+        if len(started) == 2:
+            both_running.set()
+        if session.call_id == "quick":
+            await session.noop()  # the fake answers only after close() began
+            rec.values["quick"] = "finished"
+        else:
+            try:
+                await asyncio.Event().wait()  # a call that would go on forever
+            except asyncio.CancelledError:
+                rec.values["slow"] = "cancelled"
+                raise
+
+    server = FastAgiServer(
+        handler, host="127.0.0.1", port=0, drain_timeout=0.5, command_timeout=5.0
+    )
+    await server.start()
+    port = server.port
+    quick = await FakeAsterisk.connect(port)
+    slow = await FakeAsterisk.connect(port)
+    await quick.send(env_block(uniqueid="quick"))
+    await slow.send(env_block(uniqueid="slow"))
+    async with asyncio.timeout(IO_TIMEOUT):
+        await both_running.wait()
+    assert await quick.command() == ("NOOP",)
+
+    t0 = time.monotonic()
+    closing = asyncio.create_task(server.close(), name="test-close")
+    await asyncio.sleep(0.1)
+    assert server.closing
+    with pytest.raises(OSError):  # no longer accepting
+        await asyncio.open_connection("127.0.0.1", port)
+    await quick.send(b"200 result=0\n")
+    await quick.assert_closed_by_server()
+    await slow.assert_closed_by_server()
+    await closing
+    elapsed = time.monotonic() - t0
+    await quick.close()
+    await slow.close()
+
+    assert rec.values == {"quick": "finished", "slow": "cancelled"}
+    assert 0.45 < elapsed < 3.0
+    assert server.active_sessions == 0
+    assert {t for t in asyncio.all_tasks() if not t.done()} == {asyncio.current_task()}
+
+
+async def test_serve_forever_returns_after_close_and_cancel_aborts() -> None:
+    async def handler(session: AgiSession) -> None:
+        await asyncio.Event().wait()
+
+    server = FastAgiServer(handler, host="127.0.0.1", port=0)
+    serve = asyncio.create_task(server.serve_forever(), name="test-serve")
+    await wait_until(lambda: server._server is not None, "listening")
+    ast = await FakeAsterisk.connect(server.port)
+    await ast.send(env_block())
+    await wait_until(lambda: server.active_sessions == 1, "session")
+    serve.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serve
+    await ast.assert_closed_by_server()
+    await ast.close()
+    assert server.active_sessions == 0
+
+    server2 = FastAgiServer(handler, host="127.0.0.1", port=0)
+    serve2 = asyncio.create_task(server2.serve_forever(), name="test-serve-2")
+    await wait_until(lambda: server2._server is not None, "listening")
+    await server2.close()
+    async with asyncio.timeout(IO_TIMEOUT):
+        await serve2
+
+
+# --------------------------------------------------------------------------- settings
+
+
+async def test_from_settings_and_validation() -> None:
+    async def handler(session: AgiSession) -> None:
+        return None
+
+    settings = AgiSettings(port=0, allow=("127.0.0.1",), max_sessions=3)
+    async with FastAgiServer.from_settings(handler, settings) as server:
+        assert server.port > 0
+    with pytest.raises(ConfigError, match="agi.allow: not an IP address or network: 'localhost'"):
+        FastAgiServer(handler, allow=("localhost",))
+    with pytest.raises(ConfigError, match="agi.max_sessions"):
+        FastAgiServer(handler, max_sessions=0)
+    with pytest.raises(ConfigError, match="agi.header_timeout"):
+        FastAgiServer(handler, header_timeout=0)
