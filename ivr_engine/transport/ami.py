@@ -154,6 +154,8 @@ class _GuardedProtocol(AMIProtocol):  # type: ignore[misc]
             frames = self.framer.feed(data)
         except AmiProtocolError as exc:
             log.error("AMI %s: %s; closing the connection", self._client.address, exc)
+            if not self.banner.done():
+                self.banner.set_exception(exc)  # connect() reports why
             self.abort()
             return
         if self.framer.version is not None and not self.banner.done():

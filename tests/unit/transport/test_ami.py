@@ -381,6 +381,37 @@ async def test_refused_tcp_connect_names_host_and_port() -> None:
     await client.close()
 
 
+@pytest.mark.parametrize(
+    ("greeting", "error", "match"),
+    [
+        (b"", AmiDisconnected, "no AMI banner from 127.0.0.1:"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", AmiProtocolError, "not an AMI banner"),
+    ],
+)
+async def test_a_peer_that_is_not_ami_fails_connect_in_time(
+    greeting: bytes, error: type[Exception], match: str
+) -> None:
+    peers: list[asyncio.StreamWriter] = []
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer)
+        writer.write(greeting)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = AmiClient(settings(port), connect_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(error, match=match):
+        await client.connect()
+    assert time.monotonic() - started < 2
+    await client.close()
+    for w in peers:
+        w.transport.abort()
+    server.close()
+    await server.wait_closed()
+    assert not other_tasks()
+
+
 async def test_action_success_and_error(fake: FakeAmi) -> None:
     async with AmiClient(settings(fake.port)) as client:
         reply = await client.action({"Action": "CoreStatus"})
