@@ -156,6 +156,7 @@ class _GuardedProtocol(AMIProtocol):  # type: ignore[misc]
             log.error("AMI %s: %s; closing the connection", self._client.address, exc)
             if not self.banner.done():
                 self.banner.set_exception(exc)  # connect() reports why
+                self.banner.exception()
             self.abort()
             return
         if self.framer.version is not None and not self.banner.done():

@@ -514,8 +514,18 @@ async def test_originate_in_flight_at_the_drop_is_never_sent_twice(fake: FakeAmi
     await client.action({"Action": "Ping"})
     await asyncio.sleep(0.2)
     assert fake.counts["originate"] == 1
-    assert client.manager is not None and not client.manager.awaiting_actions
+    # panoramisk's own resend path is cut: no FullyBooted hook, and its queue is dropped.
+    manager = client.manager
+    assert manager is not None and not manager.awaiting_actions
+    assert "FullyBooted" not in manager.callbacks
+    assert all(pattern != "FullyBooted" for pattern, _ in manager.patterns)
+    manager.awaiting_actions.append({"Action": "Originate"})
+    await manager.send_awaiting_actions()
+    assert not manager.awaiting_actions
+    with pytest.raises(AmiError):
+        manager.connect()
     await client.close()
+    assert fake.counts["originate"] == 1
 
 
 @pytest.mark.parametrize("event_first", [False, True])
