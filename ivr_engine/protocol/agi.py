@@ -67,6 +67,10 @@ MAX_ARGS: Final = 128
 DEFAULT_MAX_LINE: Final = 8192  # env lines and reply lines (GET VARIABLE values can be long)
 DEFAULT_MAX_ENV_LINES: Final = 256  # ~22 standard keys + up to 127 agi_arg_N + slack
 DEFAULT_MAX_USAGE_LINES: Final = 200  # a 520 usage text is a few dozen lines at most
+# agi_exec_full() copies the whole AGI() argument into AGI_BUF_LEN bytes, so a real block
+# (about 20 keys plus the arguments) stays well under 8 KiB; 32 KiB bounds what one
+# connection can make us hold before its header deadline.
+DEFAULT_MAX_ENV_BYTES: Final = 32768
 
 HANGUP_NOTICE: Final = "HANGUP"
 USAGE_END: Final = "520 End of proper usage."
@@ -248,14 +252,22 @@ class AgiEnvironment:
 class _EnvironmentBuilder:
     """Collects environment lines one by one, validating as it goes."""
 
-    def __init__(self, max_lines: int) -> None:
+    def __init__(self, max_lines: int, max_bytes: int) -> None:
         self._max_lines = max_lines
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._values: dict[str, str] = {}
         self._undecodable: set[str] = set()
         self.count = 0
 
     def add(self, line: str, *, lossy: bool) -> None:
         self.count += 1
+        self._bytes += len(line) + 1
+        if self._bytes > self._max_bytes:
+            raise AgiEnvironmentError(
+                f"environment block too large: more than {self._max_bytes} bytes "
+                "without the terminating empty line"
+            )
         if self.count > self._max_lines:
             raise AgiEnvironmentError(
                 f"environment block too long: more than {self._max_lines} lines "
@@ -637,6 +649,7 @@ class AgiConnection:
         *,
         max_line: int = DEFAULT_MAX_LINE,
         max_env_lines: int = DEFAULT_MAX_ENV_LINES,
+        max_env_bytes: int = DEFAULT_MAX_ENV_BYTES,
         max_usage_lines: int = DEFAULT_MAX_USAGE_LINES,
     ) -> None:
         if max_line < 64 or max_env_lines < 1 or max_usage_lines < 1:
@@ -648,7 +661,9 @@ class AgiConnection:
         self._eof = False
         self._received_any = False
         self._state = ConnectionState.ENVIRONMENT
-        self._env_builder: _EnvironmentBuilder | None = _EnvironmentBuilder(max_env_lines)
+        self._env_builder: _EnvironmentBuilder | None = _EnvironmentBuilder(
+            max_env_lines, max_env_bytes
+        )
         self._env: AgiEnvironment | None = None
         self._pending: str | None = None
         self._usage: list[str] | None = None

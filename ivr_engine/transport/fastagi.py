@@ -17,6 +17,17 @@ Errors an `AgiSession` raises (all from `ivr_engine.errors`):
 * `AgiProtocolError`: garbled bytes; the session is closed.
 * `AgiArgumentError` (a ValueError): an argument we refuse to send (CR/LF/NUL, too long).
 
+A handler, as the CallChannel adapter will write one::
+
+    async def hotline(session: AgiSession) -> None:
+        await session.answer()
+        digit = await session.stream_file("welcome", escape_digits="123")
+        pin = await session.get_data("enter-pin", timeout_ms=5000, max_digits=6, sensitive=True)
+        await session.set_variable("IVR_RESULT", "ok")   # dead-channel safe
+
+    server = FastAgiServer.from_settings(hotline, settings.agi)
+    await server.start(); ...; await server.close()
+
 Nothing here logs a DTMF-bearing reply above DEBUG, and a command marked `sensitive=True`
 has its arguments and its reply replaced by `<withheld>` in every log line and error message.
 """
@@ -123,6 +134,7 @@ class AgiSession:
         self._socket_closed = False
         self._close_reason: AgiError | None = None
         self._hangup_logged = False
+        self._dead = False  # a 511 reply: Asterisk runs the AGI in dead mode
 
     # -- what the handler can look at
 
@@ -147,7 +159,7 @@ class AgiSession:
     @property
     def hung_up(self) -> bool:
         """True once Asterisk said the caller hung up (HANGUP notice or a 511 reply)."""
-        return self._conn.hung_up or isinstance(self._close_reason, AgiHangup)
+        return self._conn.hung_up or self._dead or isinstance(self._close_reason, AgiHangup)
 
     @property
     def closed(self) -> bool:
@@ -180,7 +192,7 @@ class AgiSession:
                 raise AgiHangup(f"cannot send {verb.upper()}: {self._close_reason}")
             reason = f": {self._close_reason}" if self._close_reason else ""
             raise AgiSequenceError(f"cannot send {verb.upper()}: the session is closed{reason}")
-        if self._conn.hung_up and not dead_ok:
+        if self.hung_up and not dead_ok:
             raise AgiHangup(f"cannot send {verb.upper()}: the caller has hung up")
         line = self._conn.send_command(verb, *args)  # AgiArgumentError: nothing was sent
         deadline = self._command_timeout if timeout is None else timeout
@@ -221,6 +233,7 @@ class AgiSession:
         result = reply.result
         log.debug("<- %s", _describe_reply(result, sensitive))
         if result.code == 511:
+            self._dead = True
             raise AgiDeadChannel(f"{verb.upper()}: the channel is dead ({result.message})")
         if result.code != 200:
             detail = result.message

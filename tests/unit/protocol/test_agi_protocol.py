@@ -174,6 +174,13 @@ def test_too_many_environment_lines() -> None:
         conn.next_event()
 
 
+def test_environment_byte_budget() -> None:
+    conn = AgiConnection(max_env_bytes=4096)
+    conn.receive_data(b"".join(b"agi_arg_%d: %s\n" % (i, b"y" * 100) for i in range(1, 60)))
+    with pytest.raises(AgiEnvironmentError, match="more than 4096 bytes"):
+        conn.next_event()
+
+
 def test_closed_before_any_byte_is_a_clean_event() -> None:
     conn = AgiConnection()
     conn.receive_eof()

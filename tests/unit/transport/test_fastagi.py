@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -57,6 +58,15 @@ def env_block(uniqueid: str = "1764075600.42", **extra: str) -> bytes:
     return environment_lines(env)
 
 
+def open_sockets() -> int:
+    """Sockets this process holds (Linux /proc): the test for leaked connections."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
 class FakeAsterisk:
     """Asterisk's side of FastAGI: sends the environment, reads commands, sends replies."""
 
@@ -103,6 +113,7 @@ async def serving(handler: Handler, **options: Any) -> AsyncIterator[FastAgiServ
     options.setdefault("header_timeout", 2.0)
     options.setdefault("command_timeout", 2.0)
     options.setdefault("drain_timeout", 2.0)
+    sockets_before = open_sockets()
     server = FastAgiServer(handler, host="127.0.0.1", port=0, **options)
     await server.start()
     try:
@@ -110,6 +121,8 @@ async def serving(handler: Handler, **options: Any) -> AsyncIterator[FastAgiServ
     finally:
         await server.close()
     assert server.active_sessions == 0
+    await asyncio.sleep(0)  # let transports finish closing
+    assert open_sockets() == sockets_before, "a socket was left open"
     # every session task has ended: nothing but the test itself is left running
     assert {t for t in asyncio.all_tasks() if not t.done()} == {asyncio.current_task()}
 
@@ -245,6 +258,10 @@ async def test_511_is_a_dead_channel_and_minus_one_is_probed() -> None:
     async def handler(session: AgiSession) -> None:
         with pytest.raises(AgiDeadChannel, match="dead"):
             await session.command("SAY ALPHA", "abc", "")
+        assert session.hung_up
+        with pytest.raises(AgiHangup, match="has hung up"):
+            await session.answer()  # not even sent
+        await session.verbose("outcome recorded", 3)  # dead-channel safe: sent
         rec.values["ok"] = True
 
     async with serving(handler) as server:
@@ -253,6 +270,7 @@ async def test_511_is_a_dead_channel_and_minus_one_is_probed() -> None:
         await ast.expect(
             "SAY", "ALPHA", "abc", "", reply="511 Command Not Permitted on a dead channel\n"
         )
+        await ast.expect("VERBOSE", "outcome recorded", "3", reply="200 result=1\n")
         await ast.assert_closed_by_server()
         await ast.close()
     assert rec.values["ok"]
