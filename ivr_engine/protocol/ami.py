@@ -56,10 +56,8 @@ class Fields(Mapping[str, str]):
 
     def __init__(self, pairs: Sequence[tuple[str, str]] = ()) -> None:
         self._pairs: tuple[tuple[str, str], ...] = tuple(pairs)
-        index: dict[str, str] = {}
-        for key, value in self._pairs:
-            index.setdefault(key.lower(), value)
-        self._index = index
+        # Built backwards so that the first of repeated keys wins.
+        self._index = {k.lower(): v for k, v in reversed(self._pairs)}
 
     def __getitem__(self, key: str) -> str:
         return self._index[key.lower()]
@@ -136,15 +134,20 @@ class AmiFrame:
 def parse_frame(text: str) -> AmiFrame:
     pairs: list[tuple[str, str]] = []
     unparsed: list[str] = []
-    for raw in text.split("\n"):
-        line = raw.rstrip("\r")
+    for line in text.split("\n"):
+        if line.endswith("\r"):
+            line = line[:-1]
+        key, sep, value = line.partition(": ")
+        if sep and key and " " not in key:
+            pairs.append((key, value))
+            continue
         if not line:
             continue
-        key, sep, value = line.partition(":")
-        if not sep or not key or " " in key:
+        key, sep, value = line.partition(":")  # "Key:" with an empty value, "Key:value"
+        if sep and key and " " not in key:
+            pairs.append((key, value))
+        else:
             unparsed.append(line)
-            continue
-        pairs.append((key, value[1:] if value.startswith(" ") else value))
     fields = Fields(pairs)
     if fields.get_str("Event").lower() in _DTMF_EVENTS and "Digit" in fields:
         fields = Fields([(k, MASK if k.lower() == "digit" else v) for k, v in pairs])
@@ -158,6 +161,7 @@ class AmiFramer:
     def __init__(self, *, max_frame: int = MAX_FRAME_CHARS) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buf = ""
+        self._scan = 0  # where to look for the next frame end: earlier text has none
         self._max = max_frame
         self.version: str | None = None  # from the banner, e.g. "9.0.0"
 
@@ -176,15 +180,18 @@ class AmiFramer:
             self._buf = self._buf[nl + 1 :]
         frames: list[AmiFrame] = []
         start = 0
+        pos = self._scan
         while True:
-            m = _FRAME_END.search(self._buf, start)
+            m = _FRAME_END.search(self._buf, pos)
             if m is None:
                 break
             chunk = self._buf[start : m.start()]
-            start = m.end()
+            start = pos = m.end()
             if chunk.strip():
                 frames.append(parse_frame(chunk))
         self._buf = self._buf[start:]
+        # A frame end is at most 4 characters ("\r\n\r\n"): rescan only the tail.
+        self._scan = max(0, len(self._buf) - 3)
         if len(self._buf) > self._max:
             raise AmiProtocolError(f"AMI frame longer than {self._max} characters")
         return frames

@@ -299,6 +299,16 @@ def test_encode_action_refuses_header_injection() -> None:
         encode_action({"Action: Ping\r\n": "x"})
 
 
+def test_parse_frame_tolerates_odd_lines() -> None:
+    f = parse_frame("Response: Success\r\nEmpty:\r\nData: a: b\r\nTight:12\r\nno colon here\n")
+    assert dict(f.fields) == {"Response": "Success", "Empty": "", "Data": "a: b", "Tight": "12"}
+    assert f.unparsed == ("no colon here",)
+    assert f.is_response and not f.is_event
+    repeated = parse_frame("Event: X\r\nVariable: A=1\r\nvariable: B=2\r\n")
+    assert repeated.fields["VARIABLE"] == "A=1"
+    assert repeated.fields.getall("Variable") == ("A=1", "B=2")
+
+
 def test_dtmf_digits_are_masked_at_parse_time() -> None:
     f = parse_frame("Event: DTMFEnd\r\nChannel: PJSIP/c-1\r\nDigit: 7\r\nDurationMs: 120\r\n")
     assert f.fields["Digit"] == "*"
