@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def _catalogue(args: argparse.Namespace) -> PromptCatalogue:
 
 def _print_utterances(utterances: list[Utterance], as_json: bool) -> None:
     if as_json:
-        print(json.dumps([u.__dict__ for u in utterances], ensure_ascii=False, indent=2))
+        print(json.dumps([dataclasses.asdict(u) for u in utterances], ensure_ascii=False, indent=2))
         return
     sep = " " if utterances and utterances[0].lang == "en" else ""
     print(sep.join(u.text for u in utterances))

@@ -45,6 +45,7 @@ _SPEAKABLE = re.compile(r"\w")
 class Fragment:
     file: str  # relative to the sound root, no extension
     text: str
+    utterance: Utterance  # built once: render() hands out the same immutable object
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def parse_template(
         elif _SPEAKABLE.search(piece):
             n += 1
             file = f"{lang}/{prompt_id}" if single else f"{lang}/{prompt_id}-{n}"
-            parts.append(Fragment(file, piece.strip()))
+            parts.append(Fragment(file, piece.strip(), Utterance(file, piece.strip(), lang)))
     return tuple(parts), slots
 
 
@@ -202,6 +203,13 @@ def _load_prompts(path: Path) -> dict[str, Prompt]:
     return prompts
 
 
+# Every word sound as a ready Utterance: composed speech reuses these immutable objects.
+_WORDS: dict[str, dict[str, Utterance]] = {
+    lang: {key: Utterance(f"{lang}/{key}", text, lang) for key, text in vocab.items()}
+    for lang, vocab in speech.VOCABULARY.items()
+}
+
+
 def _fmt(slots: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{k}:{v}" for k, v in sorted(slots.items())) + "}"
 
@@ -280,7 +288,7 @@ class PromptCatalogue:
         out: list[Utterance] = []
         for part in prompt.parts[lang]:
             if isinstance(part, Fragment):
-                out.append(Utterance(part.file, part.text, lang))
+                out.append(part.utterance)
                 continue
             if part.name not in variables or variables[part.name] is None:
                 raise PromptError(
@@ -303,9 +311,8 @@ class PromptCatalogue:
 
     @staticmethod
     def _say(kind: str, value: object, lang: str) -> list[Utterance]:
-        vocab = speech.VOCABULARY[lang]
-        keys = speech.speak(kind, value, lang)
-        return [Utterance(f"{lang}/{key}", vocab[key], lang) for key in keys]
+        words = _WORDS[lang]
+        return [words[key] for key in speech.speak(kind, value, lang)]
 
     # --- files -------------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ _ALIASES: dict[str, str] = {
 
 def normalize_language(code: str) -> str:
     """The canonical code for `code` ("zh-HK" -> "yue"); PromptError if it is not one of ours."""
+    if code in LANGUAGES:
+        return code
     key = code.strip().lower().replace("_", "-")
     try:
         return _ALIASES[key]

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
 from ivr_engine.prompts import names
@@ -425,33 +425,27 @@ def speak(kind: str, value: object, lang: str) -> list[str]:
         raise SpeechValueError(f"no speech rules for language {lang!r}")
     yue = lang == "yue"
     en = lang == "en"
-    rules: dict[str, Callable[[], list[str]]] = {
-        "number": lambda: (en_integer(_integer(value, "number")) if en
-                           else zh_integer(_integer(value, "number"), yue=yue, count=True)),
-        "ordinal": lambda: (
-            en_ordinal(_ordinal(value)) if en
-            else ["word/ordinal"] + zh_integer(_ordinal(value), yue=yue)
-        ),
-        "money": lambda: _en_money(*_money(value)) if en else _zh_money(*_money(value), yue),
-        "date": lambda: _en_date(_date(value)) if en else _zh_date(_date(value), yue),
-        "time": lambda: _en_time(_time(value)) if en else _zh_time(_time(value), yue),
-        "digits": lambda: (
-            [f"num/{c}" for c in _digit_string(value, "digits")] if en
-            else _zh_digits(_digit_string(value, "digits"), yue)
-        ),
-        "masked": lambda: ["word/ending"] + (
-            [f"num/{c}" for c in _masked(value)] if en else _zh_digits(_masked(value), yue)
-        ),
-    }
+    if kind == "money":
+        return _en_money(*_money(value)) if en else _zh_money(*_money(value), yue)
+    if kind == "number":
+        n = _integer(value, "number")
+        return en_integer(n) if en else zh_integer(n, yue=yue, count=True)
+    if kind == "date":
+        return _en_date(_date(value)) if en else _zh_date(_date(value), yue)
+    if kind == "time":
+        return _en_time(_time(value)) if en else _zh_time(_time(value), yue)
+    if kind == "ordinal":
+        n = _ordinal(value)
+        return en_ordinal(n) if en else ["word/ordinal"] + zh_integer(n, yue=yue)
+    if kind == "digits":
+        text = _digit_string(value, "digits")
+        return [f"num/{c}" for c in text] if en else _zh_digits(text, yue)
+    if kind == "masked":
+        last4 = _masked(value)
+        return ["word/ending"] + ([f"num/{c}" for c in last4] if en else _zh_digits(last4, yue))
     if kind in ("surname", "title", "region"):
         return _name_keys(kind, value, lang)
-    try:
-        rule = rules[kind]
-    except KeyError:
-        raise SpeechValueError(
-            f"unknown say kind {kind!r} (known: {', '.join(sorted(KINDS))})"
-        ) from None
-    return rule()
+    raise SpeechValueError(f"unknown say kind {kind!r} (known: {', '.join(sorted(KINDS))})")
 
 
 def text_of(keys: Iterable[str], lang: str) -> list[str]:
