@@ -73,6 +73,7 @@ DEFAULT_MAX_USAGE_LINES: Final = 200  # a 520 usage text is a few dozen lines at
 DEFAULT_MAX_ENV_BYTES: Final = 32768
 
 HANGUP_NOTICE: Final = "HANGUP"
+FAILURE_LINE: Final = b"FAILURE\n"
 USAGE_END: Final = "520 End of proper usage."
 
 _SNIPPET = 80
@@ -631,6 +632,7 @@ class ConnectionState(enum.Enum):
     ENVIRONMENT = "reading the environment"
     IDLE = "idle"
     AWAITING_REPLY = "awaiting a reply"
+    ENDED = "ended with FAILURE"  # we told Asterisk to end the AGI; HANGUP and EOF follow
     CLOSED = "closed"
     FAILED = "failed"
 
@@ -723,6 +725,8 @@ class AgiConnection:
             raise AgiSequenceError("cannot send a command before the environment block ended")
         if self._state is ConnectionState.CLOSED or self._eof:
             raise AgiSequenceError(f"cannot send {verb}: the connection is closed")
+        if self._state is ConnectionState.ENDED:
+            raise AgiSequenceError(f"cannot send {verb}: the AGI was ended with FAILURE")
         if self._pending is not None:
             raise AgiSequenceError(
                 f"cannot send {verb}: {self._pending} is still waiting for its reply "
@@ -732,6 +736,21 @@ class AgiConnection:
         self._pending = verb.upper()
         self._state = ConnectionState.AWAITING_REPLY
         return line
+
+    def end_with_failure(self) -> bytes:
+        """Return the line that makes Asterisk end the AGI with `AGISTATUS=FAILURE`.
+
+        res_agi.c run_agi() treats a line starting with "failure" as "the script could not
+        run": it stops reading commands and sets AGISTATUS to FAILURE, so the dialplan's
+        fallback (an apology and an operator) takes the caller. A plain close would leave
+        AGISTATUS at SUCCESS. Only between commands; afterwards expect HANGUP, then EOF.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._state is not ConnectionState.IDLE or self._eof:
+            raise AgiSequenceError(f"cannot end the AGI while {self._state.value}")
+        self._state = ConnectionState.ENDED
+        return FAILURE_LINE
 
     # -- events
 

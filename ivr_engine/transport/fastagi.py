@@ -54,6 +54,7 @@ from ivr_engine.errors import (
 )
 from ivr_engine.log import call_id_var
 from ivr_engine.protocol.agi import (
+    FAILURE_LINE,
     AgiConnection,
     AgiEnvironment,
     AgiResult,
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 65536
 CLOSE_TIMEOUT = 2.0  # seconds to let a socket close politely before aborting it
 PROBE_TIMEOUT = 5.0  # CHANNEL STATUS after a -1 result, to tell "hung up" from "failed"
+REJECT_LIMIT = 64  # over-cap connections being told FAILURE at once; beyond, plain close
 REFUSAL_LOG_INTERVAL = 60.0  # one WARNING per refused address (or for the cap) per interval
 WITHHELD = "<withheld>"
 
@@ -307,17 +309,44 @@ class AgiSession:
         )
 
     async def close(self) -> None:
-        """Close the connection (idempotent). Asterisk then continues the dialplan."""
+        """Close the connection (idempotent).
+
+        Asterisk then continues the dialplan after AGI() with AGISTATUS=SUCCESS; to have the
+        dialplan fall back instead, use end_with_failure().
+        """
         self._closed = True
         if self._socket_closed:
             return
         self._socket_closed = True
-        self._writer.close()
+        await _close_writer(self._writer)
+
+    async def end_with_failure(self) -> bool:
+        """End the call's AGI with AGISTATUS=FAILURE, so the dialplan's fallback (an apology,
+        then an operator) takes the caller, then close.
+
+        Returns False, and only closes, when it can no longer be said: the session is closed,
+        a command is in flight, or the caller is gone. The server does this by itself when a
+        handler fails or is cancelled at shutdown.
+        """
+        if self._closed or self._conn.pending is not None or self.hung_up:
+            await self.close()
+            return False
+        line = self._conn.end_with_failure()
+        self._closed = True
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self._writer.wait_closed()
-        except (TimeoutError, OSError):
-            self._writer.transport.abort()
+                self._writer.write(line)
+                await self._writer.drain()
+                # Asterisk reads the line, ends the AGI (sending HANGUP) and closes its end.
+                # Closing ours first could reset the connection before it read the line.
+                while not isinstance(await self._read_event(), ConnectionClosed):
+                    pass
+        except (TimeoutError, OSError, AgiProtocolError) as exc:
+            log.debug("ending with FAILURE: %s did not close in step: %r", self._peer, exc)
+        finally:
+            await self.close()
+        log.info("AGI ended with FAILURE: the dialplan fallback takes the caller")
+        return True
 
     # -- conveniences (the API the CallChannel adapter builds on)
 
@@ -492,6 +521,15 @@ class AgiSession:
         await self.command("NOOP", *(() if text is None else (text,)), dead_ok=True)
 
 
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.wait_closed()
+    except (TimeoutError, OSError):
+        writer.transport.abort()
+
+
 class _RefusalLog:
     """One WARNING per key per interval; the rest at DEBUG, counted in the next WARNING."""
 
@@ -574,6 +612,7 @@ class FastAgiServer:
         self._drain_timeout = drain_timeout
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], AgiSession] = {}
+        self._rejects: set[asyncio.Task[None]] = set()
         self._closing = False
         self._stopped = asyncio.Event()
         self._refusals = _RefusalLog(REFUSAL_LOG_INTERVAL)
@@ -665,6 +704,7 @@ class FastAgiServer:
                         self._drain_timeout,
                     )
                     await self._cancel(pending)
+            await self._cancel(set(self._rejects))
             if self._server is not None:
                 await self._server.wait_closed()
         finally:
@@ -675,7 +715,7 @@ class FastAgiServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        await self._cancel(set(self._sessions))
+        await self._cancel(set(self._sessions) | self._rejects)
         self._stopped.set()
 
     async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
@@ -729,12 +769,19 @@ class FastAgiServer:
             self._refusals.log(
                 "cap",
                 now,
-                "FastAGI: %d calls already running (agi.max_sessions); closed the connection "
-                "from %s at once so the dialplan falls back",
+                "FastAGI: %d calls already running (agi.max_sessions); told %s FAILURE at "
+                "once so the dialplan falls back",
                 len(self._sessions),
                 peer,
             )
-            writer.close()
+            if len(self._rejects) >= REJECT_LIMIT:
+                writer.close()
+                return
+            reject = asyncio.get_running_loop().create_task(
+                self._reject(reader, writer), name=f"agi-reject-{peer}"
+            )
+            self._rejects.add(reject)
+            reject.add_done_callback(self._reject_done)
             return
         session = AgiSession(reader, writer, peer=peer, command_timeout=self._command_timeout)
         task = asyncio.get_running_loop().create_task(
@@ -742,6 +789,25 @@ class FastAgiServer:
         )
         self._sessions[task] = session
         task.add_done_callback(self._session_done)
+
+    async def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Over the cap: "FAILURE" without reading the environment (AGISTATUS=FAILURE),
+        then wait for Asterisk to close, so our close cannot reset the line away."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                writer.write(FAILURE_LINE)
+                await writer.drain()
+                while await reader.read(READ_CHUNK):
+                    pass
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            await _close_writer(writer)
+
+    def _reject_done(self, task: asyncio.Task[None]) -> None:
+        self._rejects.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("FastAGI reject task %s failed: %r", task.get_name(), exc)
 
     def _session_done(self, task: asyncio.Task[None]) -> None:
         self._sessions.pop(task, None)
@@ -789,8 +855,14 @@ class FastAgiServer:
                 log.info("call ended by the caller: %s", exc)
             except AgiError as exc:
                 log.warning("call ended on a FastAGI error: %s: %s", type(exc).__name__, exc)
+                await session.end_with_failure()
+            except asyncio.CancelledError:
+                log.warning("call cancelled (server shutting down)")
+                await session.end_with_failure()
+                raise
             except Exception:
-                log.exception("call handler failed; session closed")
+                log.exception("call handler failed")
+                await session.end_with_failure()
             else:
                 log.debug("call handler finished")
         finally:

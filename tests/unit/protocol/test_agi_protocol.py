@@ -571,3 +571,23 @@ def test_oversized_reply_line() -> None:
     conn.receive_data(b"200 result=1 (" + b"x" * 2000 + b")\n")
     with pytest.raises(AgiProtocolError, match="line longer than 1000 bytes"):
         conn.next_event()
+
+
+def test_end_with_failure() -> None:
+    conn = ready_connection()
+    conn.send_command("NOOP")
+    with pytest.raises(AgiSequenceError, match="awaiting a reply"):
+        conn.end_with_failure()
+    conn.receive_data(b"200 result=0\n")
+    assert isinstance(conn.next_event(), ReplyReceived)
+    assert conn.end_with_failure() == b"FAILURE\n"
+    assert conn.state is ConnectionState.ENDED
+    with pytest.raises(AgiSequenceError, match="ended with FAILURE"):
+        conn.send_command("NOOP")
+    # what Asterisk does next: HANGUP (end of run_agi), then it closes
+    conn.receive_data(b"HANGUP\n")
+    assert conn.next_event() == HangupNoticed()
+    conn.receive_eof()
+    assert conn.next_event() == ConnectionClosed()
+    with pytest.raises(AgiSequenceError):
+        AgiConnection().end_with_failure()  # not before the environment

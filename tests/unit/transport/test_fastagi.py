@@ -94,6 +94,12 @@ class FakeAsterisk:
         assert got == words
         await self.send(reply.encode() if isinstance(reply, str) else reply)
 
+    async def expect_failure(self) -> None:
+        """As Asterisk does on a "failure" line: AGISTATUS=FAILURE, HANGUP, close."""
+        assert await self.command() == ("FAILURE",)
+        await self.send(b"HANGUP\n")
+        await self.close()
+
     async def assert_closed_by_server(self) -> None:
         async with asyncio.timeout(IO_TIMEOUT):
             rest = await self.reader.read()
@@ -502,11 +508,27 @@ async def test_handler_exception_is_logged_with_the_call_id() -> None:
         async with serving(handler) as server:
             ast = await FakeAsterisk.connect(server.port)
             await ast.send(env_block(uniqueid="1764075600.77"))
-            await ast.assert_closed_by_server()
-            await ast.close()
+            # the dialplan gets AGISTATUS=FAILURE and sends the caller to its fallback
+            await ast.expect_failure()
     finally:
         logging.getLogger("ivr_engine.transport.fastagi").removeHandler(capture)
-    assert ("call handler failed; session closed", "1764075600.77", True) in seen
+    assert ("call handler failed", "1764075600.77", True) in seen
+
+
+async def test_uncaught_command_error_ends_with_failure(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async def handler(session: AgiSession) -> None:
+        await session.stream_file("missing")  # AgiCommandError, not caught
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        await ast.expect("STREAM", "FILE", "missing", "", reply="200 result=-1 endpos=0\n")
+        await ast.expect("CHANNEL", "STATUS", reply="200 result=6\n")
+        await ast.expect_failure()
+        await wait_until(lambda: server.active_sessions == 0, "session end")
+    assert "AgiCommandError: STREAM FILE failed" in caplog.text
+    assert "AGI ended with FAILURE" in caplog.text
 
 
 # --------------------------------------------------------------------------- admission
@@ -547,8 +569,8 @@ async def test_session_cap(caplog: pytest.LogCaptureFixture) -> None:
         assert server.active_sessions == 1
         second = await FakeAsterisk.connect(server.port)
         await second.send(env_block(uniqueid="1.2"))
-        await second.assert_closed_by_server()  # at once: Asterisk falls back in the dialplan
-        await second.close()
+        await second.expect_failure()  # at once: AGISTATUS=FAILURE, the dialplan falls back
+        await wait_until(lambda: not server._rejects, "reject done")
         assert "agi.max_sessions" in caplog.text
         release.set()
         await first.assert_closed_by_server()
@@ -607,7 +629,7 @@ async def test_close_drains_running_calls_then_cancels_the_rest() -> None:
         await asyncio.open_connection("127.0.0.1", port)
     await quick.send(b"200 result=0\n")
     await quick.assert_closed_by_server()
-    await slow.assert_closed_by_server()
+    await slow.expect_failure()  # the cancelled call goes to the dialplan's fallback
     await closing
     elapsed = time.monotonic() - t0
     await quick.close()
