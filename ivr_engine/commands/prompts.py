@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from ivr_engine.prompts import KINDS, PromptCatalogue, Utterance, language_chain
+from ivr_engine.prompts import KINDS, PromptCatalogue, Utterance, bench, language_chain
 from ivr_engine.prompts.build import PromptBuilder
 from ivr_engine.prompts.errors import PromptError
 
@@ -100,6 +100,15 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    rows = bench.run(_catalogue(args), seconds=args.seconds)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) | {"ratio": r.ratio} for r in rows], indent=2))
+    else:
+        print(bench.report(rows))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("prompts", help="prompt catalogue: build audio, list, check, say")
     cmds = parser.add_subparsers(dest="prompts_command", metavar="ACTION", required=True)
@@ -138,3 +147,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     render.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
     render.add_argument("--json", action="store_true")
     render.set_defaults(func=_render)
+
+    bench_cmd = add("bench", "time render() per call against a cached-render floor")
+    bench_cmd.add_argument("--seconds", type=float, default=0.3, help="per measurement")
+    bench_cmd.add_argument("--json", action="store_true")
+    bench_cmd.set_defaults(func=_bench)

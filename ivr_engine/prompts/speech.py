@@ -148,8 +148,10 @@ def _integer(value: object, kind: str) -> int:
         raise SpeechValueError(f"{kind}: expected a whole number, got a boolean")
     if isinstance(value, int):
         n = value
-    elif isinstance(value, Decimal) and value == value.to_integral_value():
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
         n = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)  # flow expressions of type num arrive as float: 3.0 is spoken as 3
     elif isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,15}\s*", value):
         n = int(value)
     else:

@@ -226,3 +226,14 @@ def test_sound_items_cover_fragments_and_every_word(tmp_path: Path) -> None:
     for lang, vocab in VOCABULARY.items():
         assert {f"{lang}/{key}" for key in vocab} <= files
     assert cat.sound_root() == tmp_path / "sounds"
+
+
+def test_bench_measures_every_case_in_every_language(real: PromptCatalogue) -> None:
+    from ivr_engine.prompts import bench
+
+    rows = bench.run(real, seconds=0.001)
+    assert {(r.prompt, r.lang) for r in rows} == {
+        (pid, lang) for pid, _ in bench.CASES for lang in ("cmn", "yue", "en")
+    }
+    assert all(r.render_us > 0 and r.floor_us > 0 and r.utterances > 0 for r in rows)
+    assert "bill_statement" in bench.report(rows)

@@ -123,6 +123,8 @@ def test_cmn_date_time_digits() -> None:
     assert zh("time", "0:00") == "零点整"
     assert zh("digits", "13800138000") == "幺三八零零幺三八零零零"
     assert zh("digits", "138-0013 8000") == "幺三八零零幺三八零零零"
+    assert zh("number", 3.0) == "三"  # flow expressions of type num are floats
+    assert zh("number", Decimal("20")) == "二十"
     assert zh("ordinal", 2) == "第二"
     assert zh("ordinal", 11) == "第十一"
     assert zh("masked", "6222021234567890") == "尾号七八九零"
@@ -243,7 +245,7 @@ def test_names() -> None:
 
 @pytest.mark.parametrize(("kind", "value"), [
     ("number", -1), ("number", "-3"), ("number", MAX_INTEGER + 1), ("number", 10**20),
-    ("number", 1.5), ("number", "12a"), ("number", True), ("number", None),
+    ("number", 1.5), ("number", float("nan")), ("number", Decimal("NaN")), ("number", "12a"), ("number", True), ("number", None),
     ("money", "-0.01"), ("money", -5), ("money", "1.005"), ("money", "abc"), ("money", "NaN"),
     ("money", Decimal("Infinity")), ("money", 10**12), ("money", [1]), ("money", False),
     ("ordinal", 0), ("date", "2026-13-01"), ("date", "1899-12-31"), ("date", 20261128),
