@@ -4,9 +4,12 @@ in-memory audit sink, a transcript observer and a text-only prompt renderer.
 `ivr-engine flows try` and the unit tests run the real interpreter against these.
 
 Input script: comma-separated entries, each pressed in order. An entry is digits (`1`,
-`123456#`), `t`/`timeout` (the caller stays silent for one wait) or `h`/`hangup`. The end of
-an entry is a pause: a collect still waiting for more digits sees its inter-digit timeout
-there. When the script runs out, the caller hangs up.
+`123456#`), `t`/`timeout` (the caller stays silent for one wait) or `h`/`hangup`. The caller
+listens to each prompt to its end before keying an entry; `!` in front of an entry (`!2`)
+presses its first digit during the prompt instead (barge-in: it cuts the prompt short when
+the prompt allows it, and is lost when it does not, as with legal text). The end of an entry
+is a pause: a collect still waiting for more digits sees its inter-digit timeout there. When
+the script runs out, the caller hangs up.
 """
 
 from __future__ import annotations
@@ -46,8 +49,12 @@ def parse_script(script: str | Sequence[str]) -> list[str]:
             events.append(_TIMEOUT)
         elif low in ("h", "hangup"):
             events.append(_HANGUP)
-        elif entry and all(ch in "0123456789*#" for ch in entry):
-            events.extend(entry)
+        elif entry and all(ch in "0123456789*#" for ch in entry.removeprefix("!")) and entry != "!":
+            if entry.startswith("!"):
+                events.append("!" + entry[1])
+                events.extend(entry[2:])
+            else:
+                events.extend(entry)
             events.append(_PAUSE)
         elif entry == "" and len(entries) == 1:
             continue
@@ -107,14 +114,16 @@ class FakeChannel:
         if self._peek() == _PAUSE:
             self._pos += 1
         nxt = self._peek()
-        barged = nxt is not None and len(nxt) == 1 and nxt in interrupt
+        pressed = nxt[1] if nxt is not None and nxt.startswith("!") else None
+        barged = pressed is not None and pressed in interrupt
         if self.record:
-            self.log.append(
-                {"action": "play", "files": [u.file for u in utterances], "barge_in": bool(barged)}
-            )
-        if barged and nxt is not None:
-            self._pos += 1
-            return nxt
+            entry: dict[str, Any] = {"action": "play", "files": [u.file for u in utterances]}
+            if pressed is not None:
+                entry["pressed"] = "barge-in" if barged else "ignored (no barge-in)"
+            self.log.append(entry)
+        if pressed is not None:
+            self._pos += 1  # a key pressed into a prompt that does not allow barge-in is lost
+            return pressed if barged else None
         return None
 
     async def wait_digit(self, timeout: float) -> str | None:
@@ -128,11 +137,11 @@ class FakeChannel:
         self._pos += 1
         if nxt in (_TIMEOUT, _PAUSE):
             return None
-        return nxt
+        return nxt[-1]  # "!d" read here: the prompt had already ended
 
     async def flush_digits(self) -> None:
         self._check()
-        while (nxt := self._peek()) is not None and len(nxt) == 1:
+        while (nxt := self._peek()) is not None and (len(nxt) == 1 or nxt.startswith("!")):
             self._pos += 1
 
     async def set_variable(self, name: str, value: str) -> None:

@@ -273,7 +273,6 @@ class Interpreter:
             decl_src = flow.sources[src]
             for fname, ftype in decl_src.fields.items():
                 env[f"{var}.{fname}"] = ex.default_of(ftype)
-            env[f"{var}.ok"] = False
         for key, value in params.items():
             if key not in flow.params:
                 raise FlowRuntimeError(f"flow {flow.name!r} has no parameter {key!r}")
@@ -435,6 +434,8 @@ class Interpreter:
         digit = await self._say(state, node.prompt, node.id, ALL_KEYS if node.barge_in else "")
         if digit is not None:
             state.pending = digit  # skips the rest; the next input node takes it
+            # the digit itself is not reported: it may be the first digit of a PIN
+            self.services.observer.input_received(state.call_id, node.id, "", "barge-in")
         return node.next
 
     def _first_prompts(self, state: CallState, node: InputNode) -> Prompts:
@@ -696,12 +697,9 @@ class Interpreter:
                     log.warning("lookup %s: field %s: %s", node.id, fname, exc)
                     return self._lookup_failed(state, node)
                 self._assign(state, f"{node.result}.{fname}", value)
-            self._assign(state, f"{node.result}.ok", True)
         return node.next
 
     def _lookup_failed(self, state: CallState, node: LookupNode) -> str:
-        if node.result:
-            self._assign(state, f"{node.result}.ok", False)
         return node.error
 
     async def _subflow(self, state: CallState, node: SubflowNode) -> str | None:

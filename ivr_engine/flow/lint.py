@@ -39,6 +39,10 @@ PLACEHOLDER_TYPES = {
     "digits": {"str", "int"},
     "masked": {"str", "int"},
     "text": {"str"},
+    "ordinal": {"int"},
+    "surname": {"str"},
+    "title": {"str"},
+    "region": {"str"},
 }
 
 

@@ -604,7 +604,6 @@ class FlowParser:
             decl = self.sources[src]
             for fname, ftype in decl.fields.items():
                 scope_vars[f"{var}.{fname}"] = ex.VarInfo(ftype, fname in decl.sensitive_fields)
-            scope_vars[f"{var}.ok"] = ex.VarInfo("bool")
         self.scope = ex.Scope(
             MappingProxyType(scope_vars),
             MappingProxyType({m.name: (m.type, m.table, m.default) for m in maps.values()}),
