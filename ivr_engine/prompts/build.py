@@ -83,8 +83,8 @@ def _file_digest(path: Path) -> str:
 
 
 def synth_digest(item: SoundItem) -> str:
-    lang = item.lang
-    return "synth:" + _digest(PIPELINE_VERSION, VOICES[lang], str(SPEED_WPM[lang]), item.text)
+    voice, text = item.spoken
+    return "synth:" + _digest(PIPELINE_VERSION, VOICES[voice], str(SPEED_WPM[voice]), text)
 
 
 def find_recording(recorded_root: Path, file: str) -> Path | None:
@@ -251,10 +251,11 @@ class PromptBuilder:
         async with limit:
             try:
                 if recording is None:
+                    voice, text = item.spoken
                     await _run(
-                        [espeak, "-v", VOICES[item.lang], "-s", str(SPEED_WPM[item.lang]),
+                        [espeak, "-v", VOICES[voice], "-s", str(SPEED_WPM[voice]),
                          "-w", str(raw), "--stdin"],
-                        stdin=item.text.encode("utf-8"), seconds=self.timeout,
+                        stdin=text.encode("utf-8"), seconds=self.timeout,
                     )
                     await _run([sox, str(raw), *_OUT_FORMAT, str(tmp_out), *_SYNTH_EFFECTS],
                                stdin=None, seconds=self.timeout)

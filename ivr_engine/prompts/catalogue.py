@@ -59,11 +59,23 @@ Part = Fragment | Slot
 
 @dataclass(frozen=True)
 class SoundItem:
-    """One sound the catalogue needs on disk: a prompt fragment or a word."""
+    """One sound the catalogue needs on disk: a prompt fragment or a word.
+
+    `text` is what the sound says (as transcripts show it); the synthesizer reads `synth_text`
+    with the voice of `voice` ("cmn" reads Chinese names inside English prompts: the English
+    voice says "Xu" as "zoo").
+    """
 
     file: str
     text: str
     lang: str
+    synth_text: str = ""
+    voice: str = ""
+
+    @property
+    def spoken(self) -> tuple[str, str]:
+        """(voice language, text to synthesize)."""
+        return self.voice or self.lang, self.synth_text or self.text
 
 
 @dataclass(frozen=True)
@@ -339,5 +351,6 @@ class PromptCatalogue:
         for lang in sorted(speech.VOCABULARY):
             for key, text in speech.VOCABULARY[lang].items():
                 file = f"{lang}/{key}"
-                items.setdefault(file, SoundItem(file, text, lang))
+                voice, synth_text = speech.synthesis_source(lang, key)
+                items.setdefault(file, SoundItem(file, text, lang, synth_text, voice))
         return list(items.values())

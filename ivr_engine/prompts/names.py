@@ -104,8 +104,8 @@ def surname(value: object) -> Name:
 
 
 TITLES: dict[str, Name] = {
-    "mr": Name("mr", "先生", "先生", "Mister"),
-    "ms": Name("ms", "女士", "女士", "Miz"),
+    "mr": Name("mr", "先生", "先生", "Mr."),
+    "ms": Name("ms", "女士", "女士", "Ms."),
 }
 _TITLE_ALIASES = {
     "mr": "mr", "mr.": "mr", "m": "mr", "male": "mr", "先生": "mr",

@@ -32,8 +32,8 @@ English (en)
   - Money: "one thousand two hundred thirty-four yuan and fifty fen" (the minor unit is the fen,
     0.01 yuan; jiao is not used in English); 0.05 "five fen"; 0 "zero yuan".
   - Ordinals: "second", "twenty-second", "one hundred first", "two thousandth".
-  - Dates: "November twenty-eighth, twenty twenty-six". Times, 12-hour: "two thirty p m",
-    "two oh five p m", "two p m".
+  - Dates: "November twenty-eighth, twenty twenty-six". Times, 12-hour: "two thirty p.m.",
+    "two oh five p.m.", "two p.m.".
   - Digit strings: "zero" for 0 (not "oh").
 All languages: `masked` speaks only the last four digits: 尾号七八九零 / 尾號七八九零 /
 "ending in seven eight nine zero". Integers from 0 to 999,999,999,999 (below 一万亿); money to
@@ -113,7 +113,7 @@ def _en_vocabulary() -> dict[str, str]:
     v.update({
         "word/hundred": "hundred", "word/thousand": "thousand", "word/million": "million",
         "word/billion": "billion", "word/yuan": "yuan", "word/fen": "fen", "word/and": "and",
-        "word/oh": "oh", "word/am": "A M", "word/pm": "P M", "word/ending": "ending in",
+        "word/oh": "oh", "word/am": "a.m.", "word/pm": "p.m.", "word/ending": "ending in",
         "word/hundredth": "hundredth", "word/thousandth": "thousandth",
         "word/millionth": "millionth", "word/billionth": "billionth",
     })
@@ -448,6 +448,28 @@ def speak(kind: str, value: object, lang: str) -> list[str]:
     if kind in ("surname", "title", "region"):
         return _name_keys(kind, value, lang)
     raise SpeechValueError(f"unknown say kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+
+
+# English names of places that are English words, not pinyin: the English voice says them.
+_ENGLISH_PLACE_NAMES = frozenset({"hong_kong", "macau", "tibet", "inner_mongolia", "taiwan"})
+_ENGLISH_SYNTH_TEXT = {"title/mr": "Mister", "title/ms": "Miz"}
+
+
+def synthesis_source(lang: str, key: str) -> tuple[str, str]:
+    """(voice language, text) that `prompts build` synthesizes for a word sound.
+
+    English transcripts show pinyin ("Xu", "Xiamen"), but the English voice mangles pinyin
+    ("zoo", "zai-amen"), so Chinese names in English prompts are said by the Mandarin voice.
+    """
+    text = VOCABULARY[lang][key]
+    if lang != "en":
+        return lang, text
+    if key in _ENGLISH_SYNTH_TEXT:
+        return "en", _ENGLISH_SYNTH_TEXT[key]
+    group, _, slug = key.partition("/")
+    if group == "surname" or (group in ("region", "city") and slug not in _ENGLISH_PLACE_NAMES):
+        return "cmn", VOCABULARY["cmn"][key]
+    return "en", text
 
 
 def text_of(keys: Iterable[str], lang: str) -> list[str]:

@@ -201,8 +201,8 @@ def test_en_date(value: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(("value", "expected"), [
-    ("14:30", "two thirty P M"), ("14:05", "two oh five P M"), ("14:00", "two P M"),
-    ("00:15", "twelve fifteen A M"), ("12:00", "twelve P M"), ("09:45", "nine forty-five A M"),
+    ("14:30", "two thirty p.m."), ("14:05", "two oh five p.m."), ("14:00", "two p.m."),
+    ("00:15", "twelve fifteen a.m."), ("12:00", "twelve p.m."), ("09:45", "nine forty-five a.m."),
 ])
 def test_en_time(value: str, expected: str) -> None:
     assert en("time", value) == expected
@@ -245,7 +245,8 @@ def test_names() -> None:
 
 @pytest.mark.parametrize(("kind", "value"), [
     ("number", -1), ("number", "-3"), ("number", MAX_INTEGER + 1), ("number", 10**20),
-    ("number", 1.5), ("number", float("nan")), ("number", Decimal("NaN")), ("number", "12a"), ("number", True), ("number", None),
+    ("number", 1.5), ("number", float("nan")), ("number", Decimal("NaN")), ("number", "12a"),
+    ("number", True), ("number", None),
     ("money", "-0.01"), ("money", -5), ("money", "1.005"), ("money", "abc"), ("money", "NaN"),
     ("money", Decimal("Infinity")), ("money", 10**12), ("money", [1]), ("money", False),
     ("ordinal", 0), ("date", "2026-13-01"), ("date", "1899-12-31"), ("date", 20261128),
@@ -325,3 +326,15 @@ def test_masked_never_says_more_than_the_last_four(number: str, lang: str) -> No
     # nothing else in the utterances carries a digit of the number
     others = [u for u in utterances if "/num/" not in u.file]
     assert [u.file.split("/", 1)[1] for u in others] == ["word/ending"]
+
+
+def test_chinese_names_in_english_are_synthesized_by_the_mandarin_voice() -> None:
+    from ivr_engine.prompts.speech import synthesis_source
+
+    assert synthesis_source("en", "surname/xu") == ("cmn", "徐")
+    assert synthesis_source("en", "city/xiamen") == ("cmn", "厦门")
+    assert synthesis_source("en", "region/hong_kong") == ("en", "Hong Kong")
+    assert synthesis_source("en", "title/ms") == ("en", "Miz")  # "Ms." is read "em es"
+    assert synthesis_source("en", "num/5") == ("en", "five")
+    assert synthesis_source("yue", "surname/chen") == ("yue", "陳")
+    assert VOCABULARY["en"]["surname/xu"] == "Xu"  # transcripts still show pinyin
