@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,6 +184,8 @@ class PromptBuilder:
         items: Sequence[SoundItem] | None = None,
     ) -> BuildReport:
         """Build what is missing or changed; raise PromptBuildError if any sound failed."""
+        if prune and items is not None:
+            raise PromptBuildError("prune needs the whole catalogue: do not pass items with it")
         items = list(self.catalogue.sound_items() if items is None else items)
         report = BuildReport(pruned=prune)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -206,8 +209,8 @@ class PromptBuilder:
         if todo:
             espeak = self._tool(self.espeak) if any(r is None for _, r, _ in todo) else ""
             sox = self._tool(self.sox)
-            tmp_dir = self.root / ".tmp"
-            tmp_dir.mkdir(exist_ok=True)
+            # One private scratch directory per build: two builds at once never share files.
+            tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
             limit = asyncio.Semaphore(self.jobs)
             try:
                 async with asyncio.TaskGroup() as tg:

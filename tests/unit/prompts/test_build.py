@@ -90,7 +90,7 @@ async def test_build_makes_8khz_mono_16bit_files_and_second_build_does_nothing(
     assert again.synthesized == [] and again.converted == []  # type: ignore[attr-defined]
     assert again.up_to_date == len(items)  # type: ignore[attr-defined]
     assert snapshot(root) == before
-    assert not (root / ".tmp").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
 
 
 async def test_changed_text_resynthesizes_only_that_file(tmp_path: Path) -> None:
@@ -208,3 +208,24 @@ def test_cli_full_build_of_the_real_catalogue_is_complete(
         capsys.readouterr().out
     )
     assert cli.main(["prompts", "check", "--audio", "--dir", str(tmp_path)]) == 0
+    # a prompt removed from the catalogue: its sounds are stale, --prune removes only them
+    text = (tmp_path / "catalogue.yaml").read_text(encoding="utf-8")
+    start = text.index("\napology_wait:")
+    end = text.index("\n\n", start + 1)
+    (tmp_path / "catalogue.yaml").write_text(text[:start] + text[end:], encoding="utf-8")
+    root = tmp_path / "sounds"
+    before = snapshot(root)
+    assert cli.main(["prompts", "build", "--dir", str(tmp_path)]) == 0
+    assert "3 stale left" in capsys.readouterr().out
+    assert snapshot(root) == before
+    assert cli.main(["prompts", "build", "--prune", "--dir", str(tmp_path)]) == 0
+    assert "3 stale removed" in capsys.readouterr().out
+    after = snapshot(root)
+    assert set(before) - set(after) == {f"{lang}/apology_wait.wav" for lang in ("cmn", "yue", "en")}
+    assert all(after[name] == before[name] for name in after)
+
+
+async def test_prune_refuses_a_partial_item_list(tmp_path: Path) -> None:
+    cat = make(tmp_path)
+    with pytest.raises(PromptBuildError, match="prune needs the whole catalogue"):
+        await PromptBuilder(cat).build(items=small_items(cat), prune=True)
