@@ -156,10 +156,11 @@ class _Fields:
         import difflib
 
         allowed = list(allowed)
+        known = sorted(set(allowed) | self.used)
         for key, (kloc, _) in self.map.entries.items():
             if key in self.used or key in allowed:
                 continue
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             self.ctx.error(f"unknown field '{key}' in {self.what}{hint}", kloc)
 
