@@ -301,7 +301,14 @@ class AgiSession:
         run_agi() switches to dead mode), so the probe raises AgiHangup/AgiDeadChannel.
         """
         if not self.hung_up:
-            await self.command("CHANNEL STATUS", timeout=min(self._command_timeout, PROBE_TIMEOUT))
+            try:
+                await self.command(
+                    "CHANNEL STATUS", timeout=min(self._command_timeout, PROBE_TIMEOUT)
+                )
+            except AgiHangup as exc:
+                # Seen with Asterisk 22.10: "200 result=-1 endpos=8480", then "HANGUP", then
+                # 511 to the probe. Name the command that failed, keep the kind of hangup.
+                raise type(exc)(f"{verb} returned -1: the caller hung up ({exc})") from exc
         if self.hung_up:
             raise AgiHangup(f"{verb}: the caller hung up")
         raise AgiCommandError(
