@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -517,6 +519,7 @@ async def test_handler_exception_is_logged_with_the_call_id() -> None:
 
 async def test_uncaught_command_error_ends_with_failure(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
+
     async def handler(session: AgiSession) -> None:
         await session.stream_file("missing")  # AgiCommandError, not caught
 
@@ -682,3 +685,267 @@ async def test_from_settings_and_validation() -> None:
         FastAgiServer(handler, max_sessions=0)
     with pytest.raises(ConfigError, match="agi.header_timeout"):
         FastAgiServer(handler, header_timeout=0)
+
+
+# --------------------------------------------------------------------------- real Asterisk
+#
+# The same server against Asterisk 22 itself: a private instance run from the dev PBX root
+# (`ivr-engine pbx build`, which `make test` runs first), with its own config and run
+# directories under tmp_path and no network listener at all, so it never meets the shared
+# dev PBX. Calls are Local channels originated from its CLI.
+
+PBX_ROOT = Path(__file__).resolve().parents[3] / ".pbx" / "root"
+
+EXTENSIONS_CONF = """\
+[general]
+[agitest]
+exten => s,1,Set(MYCASE=${CASE})
+ same => n,Set(CALLERID(num)=13800138000)
+ same => n,Set(CALLERID(name)=张三)
+ same => n,AGI(agi://127.0.0.1:${AGIPORT}/hotline,arg one,two)
+ same => n,Set(DB(agitest/${MYCASE})=${AGISTATUS}|${IVR_RESULT})
+ same => n,Hangup()
+[sink]
+exten => s,1,Answer()
+ same => n,Wait(30)
+"""
+
+MODULES = [
+    "pbx_config.so",
+    "res_speech.so",  # res_agi needs it
+    "res_agi.so",
+    "func_db.so",
+    "func_callerid.so",
+    "format_gsm.so",
+    "codec_gsm.so",
+    "res_timing_timerfd.so",
+    "res_clioriginate.so",
+]
+
+
+class PrivateAsterisk:
+    def __init__(self, base: Path) -> None:
+        root = PBX_ROOT
+        binary = root / "usr/sbin/asterisk"
+        if not binary.exists():
+            pytest.fail(f"no Asterisk in the dev PBX root {root}: run `ivr-engine pbx build`")
+        etc, data = base / "etc", base / "data"
+        for sub in ("etc", "lib", "spool", "run", "log", "data/sounds"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        share = root / "usr/share/asterisk"
+        # The root's sounds/en is an absolute symlink (alternatives): point at the real dir.
+        (data / "sounds/en").symlink_to(share / "sounds/en_US_f_Allison")
+        (data / "documentation").symlink_to(share / "documentation")
+        (etc / "asterisk.conf").write_text(
+            "[directories]\n"
+            f"astetcdir => {etc}\nastmoddir => {root}/usr/lib/x86_64-linux-gnu/asterisk/modules\n"
+            f"astvarlibdir => {base}/lib\nastdbdir => {base}/lib\nastkeydir => {base}/lib\n"
+            f"astdatadir => {data}\nastagidir => {base}/lib\nastspooldir => {base}/spool\n"
+            f"astrundir => {base}/run\nastlogdir => {base}/log\n[options]\n"
+        )
+        (etc / "modules.conf").write_text(
+            "[modules]\nautoload=no\n" + "".join(f"load => {m}\n" for m in MODULES)
+        )
+        (etc / "logger.conf").write_text(
+            "[general]\n[logfiles]\nmessages => notice,warning,error\n"
+        )
+        (etc / "extensions.conf").write_text(EXTENSIONS_CONF)
+        # Run the root's binary with the root's own loader and libraries: no chroot, no mounts.
+        libs = f"{root}/usr/lib/x86_64-linux-gnu:{root}/lib/x86_64-linux-gnu"
+        self.argv = [
+            str(root / "lib64/ld-linux-x86-64.so.2"),
+            "--library-path",
+            libs,
+            str(binary),
+            "-C",
+            str(etc / "asterisk.conf"),
+        ]
+        self.out = (base / "log/stdout").open("wb")
+        self.proc = subprocess.Popen(
+            [*self.argv, "-f", "-n"],
+            stdin=subprocess.DEVNULL,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while "fully booted" not in self.cli_sync("core waitfullybooted"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"private Asterisk did not boot; see {base}/log/stdout")
+            time.sleep(0.2)
+
+    def cli_sync(self, command: str) -> str:
+        proc = subprocess.run(
+            [*self.argv, "-rx", command], capture_output=True, timeout=15, check=False
+        )
+        return proc.stdout.decode(errors="replace")
+
+    async def cli(self, command: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            "-rx",
+            command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(15):
+            out, _ = await proc.communicate()
+        return out.decode(errors="replace")
+
+    async def call(self, case: str, port: int) -> None:
+        await self.cli(f"dialplan set global AGIPORT {port}")
+        await self.cli(f"dialplan set global CASE {case}")
+        await self.cli("channel originate Local/s@agitest extension s@sink")
+
+    async def outcome(self, case: str) -> str:
+        """AGISTATUS|IVR_RESULT as the dialplan saw them after AGI() returned."""
+        async with asyncio.timeout(15):
+            while True:
+                out = await self.cli(f"database get agitest {case}")
+                if out.startswith("Value: "):
+                    return out[len("Value: ") :].strip()
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.out.close()
+
+
+@pytest.fixture(scope="module")
+def asterisk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateAsterisk]:
+    pbx = PrivateAsterisk(tmp_path_factory.mktemp("ast"))
+    try:
+        yield pbx
+    finally:
+        pbx.stop()
+
+
+TRICKY_VALUES = [
+    'He said "hi"',
+    "back\\slash and trailing \\",
+    "(paren) value)",
+    "张三 王五",
+    "",
+    "  two  spaces  ",
+    "a;b,c|d$e{f}",
+]
+
+
+@pytest.mark.pbx
+@pytest.mark.slow
+async def test_real_asterisk_protocol(asterisk: PrivateAsterisk) -> None:
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        try:
+            rec.values["env"] = session.env
+            await session.answer()
+            back = []
+            for i, value in enumerate(TRICKY_VALUES):
+                await session.set_variable(f"TRICKY{i}", value)
+                back.append(await session.get_variable(f"TRICKY{i}") or "")
+            rec.values["back"] = back
+            rec.values["full"] = await session.get_full_variable("${CALLERID(name)}")
+            for name, call in (
+                ("510", session.command("FROB", "x")),
+                ("520", session.command("GET DATA")),
+                ("missing", session.stream_file("no-such-prompt")),
+                ("noapp", session.exec("NoSuchApp")),
+            ):
+                try:
+                    await call
+                except AgiCommandError as exc:
+                    rec.values[name] = exc
+            rec.values["getdata"] = await session.get_data("beep", 200, 2)
+            rec.values["wait"] = await session.wait_for_digit(0.1)
+            rec.values["status"] = await session.channel_status()
+            await session.set_variable("IVR_RESULT", "ok")
+        finally:
+            rec.done.set()
+
+    async with serving(handler, command_timeout=10.0) as server:
+        await asterisk.call("protocol", server.port)
+        outcome = await asterisk.outcome("protocol")
+    env = rec.values["env"]
+    assert env.network and env.network_script == "hotline" and env.context == "agitest"
+    assert env.caller_number == "13800138000" and env.caller_name == "张三"
+    assert env.arguments == ("arg one", "two")
+    assert env.version.startswith("22.")
+    assert rec.values["back"] == TRICKY_VALUES
+    assert rec.values["full"] == "张三"
+    assert rec.values["510"].code == 510
+    assert rec.values["520"].code == 520 and "GET DATA" in str(rec.values["520"])
+    assert "failed (result -1) on a live channel" in str(rec.values["missing"])
+    assert "no dialplan application" in str(rec.values["noapp"])
+    assert rec.values["getdata"] == DigitsInput(digits="", timed_out=True)
+    assert rec.values["wait"] is None
+    assert rec.values["status"] == 6
+    # Seen with 22.10: a command that failed (missing file, unknown application) leaves
+    # AGISTATUS=FAILURE although the AGI ran to its end, so the dialplan must not take
+    # AGISTATUS alone as "the daemon did not handle the call".
+    assert outcome == "FAILURE|ok"
+
+
+@pytest.mark.pbx
+@pytest.mark.slow
+async def test_real_asterisk_hangup_mid_prompt(asterisk: PrivateAsterisk) -> None:
+    rec = Recorder()
+    answered = asyncio.Event()
+
+    async def handler(session: AgiSession) -> None:
+        try:
+            await session.answer()
+            answered.set()
+            try:
+                await session.stream_file("demo-instruct", timeout=20)  # about 15 s long
+            except AgiHangup as exc:
+                rec.values["exc"] = exc
+            rec.values["hung_up"] = session.hung_up
+            await session.set_variable("IVR_RESULT", "hungup")  # dead channel: still works
+            rec.values["dead_set"] = True
+        finally:
+            rec.done.set()
+
+    async with serving(handler, command_timeout=10.0) as server:
+        await asterisk.call("hangup", server.port)
+        async with asyncio.timeout(IO_TIMEOUT):
+            await answered.wait()
+        await asyncio.sleep(0.5)  # into the prompt
+        out = await asterisk.cli("channel request hangup all")
+        assert "Requested Hangup" in out
+        async with asyncio.timeout(IO_TIMEOUT):
+            await rec.done.wait()
+    assert isinstance(rec.values["exc"], AgiHangup)
+    assert "STREAM FILE returned -1: the caller hung up" in str(rec.values["exc"])
+    assert rec.values["hung_up"] is True and rec.values["dead_set"] is True
+
+
+@pytest.mark.pbx
+@pytest.mark.slow
+async def test_real_asterisk_agistatus(asterisk: PrivateAsterisk) -> None:
+    release = asyncio.Event()
+
+    async def handler(session: AgiSession) -> None:
+        case = await session.get_variable("MYCASE")
+        if case == "crash":
+            raise RuntimeError("handler bug (expected by the test)")
+        if case == "hold":
+            await release.wait()
+
+    async with serving(handler) as server:
+        await asterisk.call("plain", server.port)
+        assert await asterisk.outcome("plain") == "SUCCESS|"
+        await asterisk.call("crash", server.port)
+        assert await asterisk.outcome("crash") == "FAILURE|"  # the dialplan fallback runs
+    async with serving(handler, max_sessions=1) as server:
+        await asterisk.call("hold", server.port)
+        await wait_until(lambda: server.active_sessions == 1, "held call")
+        await asterisk.call("overcap", server.port)
+        assert await asterisk.outcome("overcap") == "FAILURE|"
+        release.set()
+        assert await asterisk.outcome("hold") == "SUCCESS|"
