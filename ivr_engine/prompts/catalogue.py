@@ -321,6 +321,17 @@ class PromptCatalogue:
             raise PromptError("say: the language chain is empty")
         return self._say(kind, value, chain[0])
 
+    def can_say(self, kind: str, value: object, lang: str = "cmn") -> bool:
+        """Whether `say(kind, value, [lang])` would succeed: e.g. a surname outside the tables.
+
+        Lets the composition root decide "greet by name" before the call reaches the prompt.
+        """
+        try:
+            self._say(kind, value, normalize_language(lang))
+        except SpeechValueError:
+            return False
+        return True
+
     @staticmethod
     def _say(kind: str, value: object, lang: str) -> list[Utterance]:
         words = _WORDS[lang]

@@ -181,6 +181,9 @@ pay:
 
 def test_say_uses_the_first_language() -> None:
     cat = PromptCatalogue({}, Path("."))
+    assert cat.can_say("surname", "Chen") and cat.can_say("surname", "陳", "yue")
+    assert not cat.can_say("surname", "Smithers", "en")
+    assert not cat.can_say("money", -1)
     assert cat.say("number", 2, ["yue", "cmn"]) == [Utterance("yue/num/liang", "兩", "yue")]
     with pytest.raises(PromptError, match="empty"):
         cat.say("number", 2, [])
