@@ -28,6 +28,12 @@ A handler, as the CallChannel adapter will write one::
     server = FastAgiServer.from_settings(hotline, settings.agi)
     await server.start(); ...; await server.close()
 
+Ending a call: when the handler returns, the connection is closed and Asterisk continues the
+dialplan after AGI(). When the handler raises (anything but a hangup) or is cancelled at
+shutdown, and when a connection comes over the session cap, the server first sends the line
+"FAILURE", which res_agi.c takes as "the script could not run": AGISTATUS=FAILURE, and the
+dialplan's fallback (an apology, an operator) takes the caller instead of silence.
+
 Nothing here logs a DTMF-bearing reply above DEBUG, and a command marked `sensitive=True`
 has its arguments and its reply replaced by `<withheld>` in every log line and error message.
 """
@@ -173,20 +179,21 @@ class AgiSession:
         self,
         verb: str,
         *args: Arg,
-        timeout: float | None = None,  # noqa: ASYNC109 (see command())
+        timeout: float | None = None,  # noqa: ASYNC109 - why: see the docstring
         sensitive: bool = False,
         dead_ok: bool = False,
     ) -> AgiResult:
         """Send one command and return its `200` reply.
 
-        `timeout` (seconds) defaults to the server's command timeout. It is a parameter, not
-        an `asyncio.timeout()` around the call, because a reply cut off half-read leaves the
-        stream out of step: on our timeout the session is closed, and a caller's cancellation
-        closes it too. `sensitive=True` keeps
-        the arguments and the reply out of every log line and error message. `dead_ok=True`
-        returns the reply even after the caller hung up (for commands Asterisk runs on a dead
-        channel). Raises AgiHangup, AgiDeadChannel (511), AgiCommandError (510/520/503),
-        AgiTimeout, AgiProtocolError, AgiArgumentError; see the module docstring.
+        `timeout` (seconds) defaults to the server's command timeout. It is a parameter rather
+        than an `asyncio.timeout()` around the call because a reply cut off half-read leaves
+        the stream out of step: on this timeout the session is closed (AgiTimeout), and a
+        caller's cancellation closes it too.
+
+        `sensitive=True` keeps the arguments and the reply out of every log line and error
+        message. `dead_ok=True` returns the reply even after the caller hung up (for commands
+        Asterisk runs on a dead channel). Raises AgiHangup, AgiDeadChannel (511),
+        AgiCommandError (510/520/503), AgiTimeout, AgiProtocolError, AgiArgumentError.
         """
         what = _describe(verb, args, sensitive)
         if self._closed:
@@ -318,8 +325,9 @@ class AgiSession:
     async def close(self) -> None:
         """Close the connection (idempotent).
 
-        Asterisk then continues the dialplan after AGI() with AGISTATUS=SUCCESS; to have the
-        dialplan fall back instead, use end_with_failure().
+        Asterisk then continues the dialplan after AGI(), with AGISTATUS=SUCCESS, or FAILURE
+        if a command failed during the call (Asterisk 22: a missing prompt file, an unknown
+        application). To make the dialplan fall back, use end_with_failure().
         """
         self._closed = True
         if self._socket_closed:
@@ -378,7 +386,7 @@ class AgiSession:
         escape_digits: str = "",
         *,
         offset: int | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (see command())
+        timeout: float | None = None,  # noqa: ASYNC109 - see command()
     ) -> str | None:
         """Play a sound file (no extension); return the escape digit pressed, or None.
 
@@ -414,7 +422,7 @@ class AgiSession:
         max_digits: int | None = None,
         *,
         sensitive: bool = False,
-        timeout: float | None = None,  # noqa: ASYNC109 (see command())
+        timeout: float | None = None,  # noqa: ASYNC109 - see command()
     ) -> DigitsInput:
         """Play `file` and collect DTMF until `#`, `max_digits`, or `timeout_ms` between digits.
 
@@ -461,7 +469,7 @@ class AgiSession:
         self,
         app: str,
         *options: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (see command())
+        timeout: float | None = None,  # noqa: ASYNC109 - see command()
     ) -> int:
         """Run a dialplan application; return what it returned (0 usually).
 
