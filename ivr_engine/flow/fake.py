@@ -82,6 +82,7 @@ class FakeChannel:
         self._caller = caller
         self._events = parse_script(script)
         self._pos = 0
+        self._in_entry = False  # digits of the current entry were read and more may follow
         self.transfer_status = transfer_status
         self.record = record
         self.log: list[dict[str, Any]] = []
@@ -113,6 +114,7 @@ class FakeChannel:
         # a pause left over from the previous entry is not input for a new prompt
         if self._peek() == _PAUSE:
             self._pos += 1
+        self._in_entry = False
         nxt = self._peek()
         pressed = nxt[1] if nxt is not None and nxt.startswith("!") else None
         barged = pressed is not None and pressed in interrupt
@@ -123,6 +125,7 @@ class FakeChannel:
             self.log.append(entry)
         if pressed is not None:
             self._pos += 1  # a key pressed into a prompt that does not allow barge-in is lost
+            self._in_entry = barged
             return pressed if barged else None
         return None
 
@@ -136,12 +139,18 @@ class FakeChannel:
             raise ChannelHangup("caller hung up" if nxt else "caller hung up (input script ended)")
         self._pos += 1
         if nxt in (_TIMEOUT, _PAUSE):
+            self._in_entry = False
             return None
+        self._in_entry = True
         return nxt[-1]  # "!d" read here: the prompt had already ended
 
     async def flush_digits(self) -> None:
+        """Drop type-ahead: what is left of an entry the caller is in the middle of keying.
+        Later entries are keyed after the next prompt, so they are not type-ahead yet."""
         self._check()
-        while (nxt := self._peek()) is not None and (len(nxt) == 1 or nxt.startswith("!")):
+        if not self._in_entry:
+            return
+        while (nxt := self._peek()) is not None and len(nxt) == 1:
             self._pos += 1
 
     async def set_variable(self, name: str, value: str) -> None:
