@@ -6,7 +6,7 @@ import argparse
 import subprocess
 import sys
 
-from ivr_engine.pbx import DevPbx
+from ivr_engine.pbx import DevPbx, bench
 from ivr_engine.pbx.rootfs import CHROOT_ENV
 
 
@@ -43,12 +43,21 @@ def _up(args: argparse.Namespace) -> int:
     print("  AGI   the dialplan calls agi://127.0.0.1:4573/hotline")
     print(f"  log   {pbx.log_path()}")
     print(f"  CDR   {pbx.cdr_path()}")
+    for line in result.problems:
+        print(f"  ! {line}", file=sys.stderr)
+    if result.problems:
+        print(
+            f"ivr-engine: Asterisk logged {len(result.problems)} warning(s)/error(s) while "
+            "loading the configuration",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
     pbx = _pbx(args)
-    if pbx.down():
+    if pbx.down(force=args.force):
         print("dev PBX stopped")
     else:
         print("dev PBX was not running (nothing started from here to stop)")
@@ -79,6 +88,14 @@ def _status(args: argparse.Namespace) -> int:
     if st.leases:
         print(f"users     pids {', '.join(map(str, st.leases))} hold leases")
     return 0 if st.running else 3
+
+
+def _bench(args: argparse.Namespace) -> int:
+    pbx = _pbx(args)
+    results = bench.run(pbx, runs=args.runs, cold=args.cold)
+    for line in bench.report(results):
+        print(line)
+    return 0 if bench.within_budget(results) else 1
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -113,9 +130,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="build if needed, install the config, start Asterisk and wait "
         "for FullyBooted; reloads when the config changed",
     ).set_defaults(func=_up)
-    cmds.add_parser(
-        "down", help="stop the Asterisk that `up` started, undo its mounts"
-    ).set_defaults(func=_down)
+    down = cmds.add_parser("down", help="stop the Asterisk that `up` started, undo its mounts")
+    down.add_argument(
+        "--force", action="store_true", help="stop it even while test sessions hold leases"
+    )
+    down.set_defaults(func=_down)
+    bench_p = cmds.add_parser(
+        "bench",
+        help="time warm `up` (and cold with --cold) against Asterisk's own boot; needs the "
+        "PBX down",
+    )
+    bench_p.add_argument("--runs", type=int, default=3, help="warm cycles (default 3)")
+    bench_p.add_argument(
+        "--cold", action="store_true", help="also build a scratch root from nothing (~70 s)"
+    )
+    bench_p.set_defaults(func=_bench)
     cmds.add_parser(
         "status", help="running or not, pid, ports, versions (exit 3 when down)"
     ).set_defaults(func=_status)

@@ -68,6 +68,8 @@ class UpResult:
     pid: int
     seconds: float
     built: bool = False
+    # WARNING/ERROR lines Asterisk logged while loading the config (boot or reload).
+    problems: tuple[str, ...] = ()
 
     @property
     def started(self) -> bool:
@@ -169,6 +171,11 @@ class DevPbx:
             expected_ami_port=settings.ami.port,
             progress=progress,
         )
+
+    @property
+    def ami_secret(self) -> str:
+        """The engine's AMI secret (for probes; never print it)."""
+        return self._ami_secret
 
     # ----------------------------------------------------------------- paths and small helpers
     @property
@@ -279,19 +286,26 @@ class DevPbx:
                     self._probe(timeout=10.0)
                     return UpResult("already-up", pid, time.monotonic() - t0, built)
                 if kind == "reload":
-                    self._reload_locked()
-                    return UpResult("reloaded", pid, time.monotonic() - t0, built)
+                    found = self._reload_locked()
+                    return UpResult("reloaded", pid, time.monotonic() - t0, built, tuple(found))
                 self.progress("pbx up: modules.conf or asterisk.conf changed: restarting")
                 self._stop_locked()
                 pid = self._start_locked()
-                return UpResult("restarted", pid, time.monotonic() - t0, built)
+                return UpResult(
+                    "restarted", pid, time.monotonic() - t0, built, tuple(self._boot_problems())
+                )
             pid = self._start_locked()
-            return UpResult("started", pid, time.monotonic() - t0, built)
+            return UpResult(
+                "started", pid, time.monotonic() - t0, built, tuple(self._boot_problems())
+            )
+
+    def _boot_problems(self) -> list[str]:
+        return problems(self.boot_log_lines())
 
     def _start_locked(self) -> int:
         if not self.is_built():
             raise DevPbxError("the dev PBX root is not built")
-        self._check_ports_free()
+        self.check_ports_free()
         mounts = self._prepare_root()
         sources = conf.conf_sources(self.conf_dirs)
         self._install_conf(sources)
@@ -332,6 +346,10 @@ class DevPbx:
         state["boot_mark"] = [mark.inode, mark.offset]
         self._write_run(state)
         return pid
+
+    def wait_booted(self, *, timeout: float) -> ami_probe.BootInfo:
+        """Log in to AMI as the engine user and wait for FullyBooted."""
+        return self._probe(timeout=timeout)
 
     def _probe(self, *, timeout: float) -> ami_probe.BootInfo:
         deadline = time.monotonic() + timeout
@@ -394,9 +412,19 @@ class DevPbx:
         return lines
 
     # ----------------------------------------------------------------------------- down
-    def down(self) -> bool:
-        """Stop the Asterisk that `up` started and undo its mounts. False if none ran."""
+    def down(self, *, force: bool = False) -> bool:
+        """Stop the Asterisk that `up` started and undo its mounts. False if none ran.
+
+        Refuses while another live process holds a lease (a test session using the PBX),
+        unless `force`.
+        """
         with self._locked():
+            others = [pid for pid in self.live_leases() if pid != os.getpid()]
+            if others and not force and self._running_pid() is not None:
+                raise DevPbxError(
+                    f"processes {', '.join(map(str, others))} are using the dev PBX "
+                    "(test sessions?); wait for them, or force it (`pbx down --force`)"
+                )
             return self._stop_locked()
 
     def _stop_locked(self) -> bool:
@@ -567,7 +595,8 @@ class DevPbx:
             return None  # the pid was reused by something else
         return pid
 
-    def _check_ports_free(self) -> None:
+    def check_ports_free(self) -> None:
+        """Raise DevPbxError naming the owner if the AMI or SIP port is taken."""
         lst = self.listeners
         checks = (
             (socket.SOCK_STREAM, lst.ami_port, "tcp", "AMI"),
@@ -592,9 +621,12 @@ class DevPbx:
 
     def _prepare_root(self) -> list[str]:
         """Mounts and files Asterisk needs in the root. Returns the mounts made here."""
-        made: list[str] = []
+        # A mount left by an earlier start of ours (the host killed Asterisk, say) stays ours.
+        previous = (self._read_run() or {}).get("mounts", [])
+        present = rootfs.mounts_under(self.root)
+        made: list[str] = [m for m in previous if m in present]
         proc_dir = self.root / "proc"
-        if str(proc_dir.resolve()) not in rootfs.mounts_under(self.root):
+        if str(proc_dir.resolve()) not in present:
             r = subprocess.run(
                 ["mount", "-t", "proc", "proc", str(proc_dir)],
                 capture_output=True,
