@@ -7,6 +7,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ivr_engine.errors import PromptError
 from ivr_engine.prompts import (
@@ -240,3 +242,23 @@ def test_bench_measures_every_case_in_every_language(real: PromptCatalogue) -> N
     }
     assert all(r.render_us > 0 and r.floor_us > 0 and r.utterances > 0 for r in rows)
     assert "bill_statement" in bench.report(rows)
+
+
+_yaml_pieces = st.sampled_from([
+    "a:", "  cmn: ", "  yue: ", "  en: ", "  note: ", "{n:number}", "{x:money}", "{", "}", "你好",
+    "'", '"', "- ", "[", "]", "&a ", "*a", "!!str ", "!!int ", "? ", ": ", "\n", "  ", "b:",
+    "\t", "#", "1", "null", "{n:kind}", "｛",
+])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_yaml_pieces, max_size=30).map("".join) | st.text(max_size=200))
+def test_loader_fuzz_gives_a_catalogue_or_a_catalogue_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        cat = PromptCatalogue.load(path)
+    except CatalogueError:
+        return
+    for pid in cat.ids():
+        assert cat.placeholders(pid) is not None
