@@ -77,6 +77,14 @@ class AmiTimeout(AmiError):
     """No reply to an action within its timeout (the connection may still be up)."""
 
 
+class AmiActionFailed(AmiActionError):
+    """`Response: Error` to an action; `reason` is Asterisk's own `Message:`."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"{action}: {reason}", action=action)
+
+
 @dataclass(frozen=True)
 class AmiConnectionMade(AmiEvent):
     """Synthetic event `AmiConnected`: logged in (again). Re-read PBX state on this one."""
@@ -132,6 +140,7 @@ class _GuardedProtocol(AMIProtocol):  # type: ignore[misc]
     """panoramisk's protocol with an incremental decoder and no resend queue."""
 
     closed: bool = False
+    abort_reason: str | None = None
 
     def __init__(self, client: AmiClient) -> None:
         super().__init__()
@@ -157,7 +166,7 @@ class _GuardedProtocol(AMIProtocol):  # type: ignore[misc]
             if not self.banner.done():
                 self.banner.set_exception(exc)  # connect() reports why
                 self.banner.exception()
-            self.abort()
+            self.abort(str(exc))
             return
         if self.framer.version is not None and not self.banner.done():
             self.banner.set_result(self.framer.version)
@@ -172,10 +181,11 @@ class _GuardedProtocol(AMIProtocol):  # type: ignore[misc]
             raise AmiDisconnected(f"AMI connection to {self._client.address} is closed")
         self.transport.write(data)
 
-    def abort(self) -> None:
+    def abort(self, reason: str | None = None) -> None:
         """Drop the connection now, unsent bytes included (a half-open peer will not read)."""
         if not self.closed:
             self.closed = True
+            self.abort_reason = reason
             self.transport.abort()
 
     def close(self) -> None:
@@ -475,10 +485,10 @@ class AmiClient:
             }
             try:
                 await self._send(protocol, login, timeout=self._settings.action_timeout)
-            except AmiActionError as exc:
+            except AmiActionFailed as exc:
                 raise AmiLoginError(
                     f"AMI at {self.address} refused login for user "
-                    f"{self._settings.username!r}: {exc}"
+                    f"{self._settings.username!r}: {exc.reason}"
                 ) from None
             except AmiTimeout:
                 raise AmiDisconnected(
@@ -531,7 +541,10 @@ class AmiClient:
                 self._pinger.cancel()
             self._old_pingers.append(self._pinger)
             self._pinger = None
-        reason = "closed by us" if self._closing else str(exc or "closed by the peer")
+        if self._closing:
+            reason = "closed by us"
+        else:
+            reason = protocol.abort_reason or str(exc or "closed by the peer")
         for action_id, future in self._originations.items():
             if not future.done():
                 future.set_exception(
@@ -596,17 +609,17 @@ class AmiClient:
                     self.address,
                     half,
                 )
-                protocol.abort()
+                protocol.abort(f"no reply to Ping within {half:g}s (half-open)")
                 return
             except AmiError as exc:
                 if not protocol.closed:
                     log.error("AMI %s: Ping failed (%s); reconnecting", self.address, exc)
-                    protocol.abort()
+                    protocol.abort(f"Ping failed: {exc}")
                 return
             except Exception:
                 # Without its pinger a connection could go half-open unnoticed: start afresh.
                 log.exception("AMI %s: ping task failed; reconnecting", self.address)
-                protocol.abort()
+                protocol.abort("ping task failed")
                 return
             if not (
                 isinstance(reply, AmiResponse)
@@ -614,7 +627,7 @@ class AmiClient:
                 and reply.fields.get_str("Ping") == "Pong"
             ):
                 log.error("AMI %s: Ping answered without Pong; reconnecting", self.address)
-                protocol.abort()
+                protocol.abort("Ping answered without Pong")
                 return
 
     # --- actions --------------------------------------------------------------------------
@@ -764,7 +777,7 @@ class AmiClient:
         if response is None:
             raise AmiError(f"reply to {name} completed without a response")
         if response.response.lower() == "error":
-            raise AmiActionError(response.message or f"{name} failed (no message)", action=name)
+            raise AmiActionFailed(name, response.message or "failed (no message)")
         if done.is_list:
             return list(done.events)
         return response

@@ -39,6 +39,7 @@ from ivr_engine.protocol.ami import (
     parse_frame,
 )
 from ivr_engine.transport.ami import (
+    AmiActionFailed,
     AmiClient,
     AmiConnectionLost,
     AmiConnectionMade,
@@ -427,9 +428,12 @@ async def test_action_success_and_error(fake: FakeAmi) -> None:
         reply = await client.action({"Action": "CoreStatus"})
         assert isinstance(reply, AmiResponse) and reply.success
         assert reply.fields["CoreCurrentCalls"] == "2"
-        with pytest.raises(AmiActionError, match="Invalid/unknown command") as info:
+        with pytest.raises(AmiActionError) as info:
             await client.action({"Action": "NoSuchAction"})
+        assert str(info.value) == "NoSuchAction: Invalid/unknown command"
         assert info.value.action == "NoSuchAction"
+        assert isinstance(info.value, AmiActionFailed)
+        assert info.value.reason == "Invalid/unknown command"
         assert client.connected  # an error reply does not hurt the connection
 
 
@@ -577,6 +581,7 @@ async def test_half_open_connection_is_detected_within_the_ping_interval(fake: F
     lost = await rec.next("AmiDisconnected", timeout=5)
     detected_after = rec.times[rec.events.index(lost)] - silent_since
     assert detected_after <= interval + 0.15, detected_after
+    assert isinstance(lost, AmiConnectionLost) and "half-open" in lost.reason
     fake.silent = False
     made = await rec.next("AmiConnected")
     assert isinstance(made, AmiConnectionMade) and made.reconnect
