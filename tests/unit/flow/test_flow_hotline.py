@@ -1,0 +1,155 @@
+"""The bank hotline flows in flows/: lint clean against the real prompt catalogue, and each
+persona of issue 4 ends where the issue says."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from ivr_engine.commands.flows import try_flow
+from ivr_engine.flow.loader import load_paths
+from ivr_engine.prompts import PromptCatalogue
+
+ROOT = Path(__file__).resolve().parents[3]
+FLOWS = ROOT / "flows"
+DATA = FLOWS / "fixtures" / "personas.yaml"
+CST = dt.timezone(dt.timedelta(hours=8))
+IN_PEAK = dt.datetime(2026, 11, 25, 10, 0, tzinfo=CST)  # bill-peak window (20th-28th), open
+OFF_PEAK = dt.datetime(2026, 11, 5, 10, 0, tzinfo=CST)
+NIGHT = dt.datetime(2026, 11, 5, 23, 30, tzinfo=CST)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> PromptCatalogue:
+    return PromptCatalogue.load(ROOT / "prompts")
+
+
+def call(catalogue: PromptCatalogue, caller: str, script: str, at: dt.datetime = IN_PEAK, **kw: str):
+    return try_flow(flows_dir=FLOWS, flow="hotline", caller=caller, script=script, data=DATA, at=at,
+                    catalogue=catalogue, **kw)
+
+
+def test_hotline_flows_lint_clean_against_the_catalogue(catalogue: PromptCatalogue) -> None:
+    result = load_paths([FLOWS], catalogue=catalogue, entry="hotline")
+    assert [d.render() for d in result.diagnostics] == []
+    assert result.flows is not None
+    assert set(result.flows.flows) >= {"hotline", "verify_pin", "transfer", "wealth", "cards", "survey"}
+
+
+def test_vip_green_channel(catalogue: PromptCatalogue) -> None:
+    t, ch, _ = call(catalogue, "13926000001", "")
+    assert t.outcome is not None and t.outcome.kind == "queue"
+    assert t.outcome.detail["queue"] == "vip" and t.outcome.detail["priority"] == "10"
+    assert t.outcome.detail["skills"] == "cantonese and private_banking"
+    kinds = [e["kind"] for e in t.of("node")]
+    assert "menu" not in kinds  # no menus
+    said = [e["prompt"] for e in t.of("prompt")]
+    assert said == ["greeting_vip", "vip_line"]
+    assert "陳" in t.of("prompt")[0]["text"]  # greeted by surname, in Cantonese
+    assert ch.variables["IVR_QUEUE"] == "vip" and ch.variables["IVR_LANGUAGE"] == "yue"
+
+
+def test_known_customer_hears_name_region_and_bill_in_peak_window(catalogue: PromptCatalogue) -> None:
+    t, _, _ = call(catalogue, "13800138000", "2,0")
+    said = [e["prompt"] for e in t.of("prompt")]
+    assert said[:4] == ["welcome", "greeting_name_region", "bill_statement", "bill_repayment_offer"]
+    bill = t.of("prompt")[2]["text"]
+    assert "一千二百三十四元五角" in bill.replace(" ", "")
+    assert said.index("bill_statement") < said.index("main_menu")  # before any menu
+    t, _, _ = call(catalogue, "13800138000", "0", at=OFF_PEAK)
+    assert "bill_statement" not in [e["prompt"] for e in t.of("prompt")]
+
+
+def test_unknown_shenzhen_landline_gets_cantonese(catalogue: PromptCatalogue) -> None:
+    t, _, _ = call(catalogue, "075582345678", "0")
+    said = [e["prompt"] for e in t.of("prompt")]
+    assert said[:3] == ["welcome", "region_announce", "cantonese_welcome"]
+    assert t.outcome is not None
+    assert t.outcome.detail["language"] == "yue" and t.outcome.detail["priority"] == "3"
+    assert t.outcome.detail["skills"] == "cantonese and any"
+
+
+def test_risk_flagged_customer_goes_to_risk_desk_after_verification(catalogue: PromptCatalogue) -> None:
+    t, _, _ = call(catalogue, "13700000003", "1,2,123456")
+    nodes = t.nodes()
+    assert nodes.index("verify") < nodes.index("risk_desk")
+    assert t.outcome is not None and t.outcome.detail["queue"] == "risk"
+    assert t.outcome.detail["data.reason"] == "risk_flag"
+
+
+def test_repeat_group_caller_is_flagged_for_the_agent(catalogue: PromptCatalogue) -> None:
+    t, ch, _ = call(catalogue, "13500000004", "0")
+    assert t.outcome is not None
+    assert t.outcome.detail["queue"] == "corporate"
+    assert t.outcome.detail["priority"] == "9"  # group 8 + 1 for a repeat caller
+    assert ch.variables["IVR_DATA_REPEAT_CALLER"] == "true"
+    assert ch.variables["IVR_SKILLS"] == "mandarin and corporate"
+
+
+def test_three_wrong_pins_lock_and_route_to_a_person(catalogue: PromptCatalogue) -> None:
+    t, ch, _ = call(catalogue, "13800138000", "2,1,2,111111,222222,333333")
+    said = [e["prompt"] for e in t.of("prompt")]
+    assert said.count("pin_entry") == 3 and "pin_wrong" in said and "pin_wrong_last" in said
+    assert "pin_locked" in said
+    assert ch.variables["IVR_DATA_REASON"] == "pin_locked"
+    assert ch.variables["IVR_DATA_PIN_FAILURES"] == "3"
+    blob = repr(t.as_json()) + repr(ch.log)
+    for pin in ("111111", "222222", "333333"):
+        assert pin not in blob
+
+
+def test_transfer_read_back_confirm_and_audit(catalogue: PromptCatalogue) -> None:
+    account = "6222020000001234"
+    t, _, audit = call(catalogue, "13800138000", f"2,5,123456,{account}#,5000#,1,0")
+    readback = next(e for e in t.of("prompt") if e["prompt"] == "transfer_readback")
+    assert "五千元" in readback["text"].replace(" ", "") and "幺二三四" in readback["text"].replace(" ", "")
+    assert account not in repr(t.as_json())
+    assert [(a.operation, a.outcome) for a in audit.entries] == [("transfer", "confirmed")]
+    entry = audit.entries[0]
+    assert entry.details == {"customer": "1002", "amount": "5000", "target": "****1234"}
+    assert "operation_done" in [e["prompt"] for e in t.of("prompt")]
+
+
+@pytest.mark.parametrize(("answer", "outcome"), [("t", "cancelled:silence"), ("h", "cancelled:hangup")])
+def test_transfer_silence_or_hangup_cancels(catalogue: PromptCatalogue, answer: str, outcome: str) -> None:
+    t, _, audit = call(catalogue, "13800138000", f"2,5,123456,6222020000001234#,5000#,{answer}")
+    assert [a.outcome for a in audit.entries] == [outcome]
+    assert "operation_done" not in [e["prompt"] for e in t.of("prompt")]
+
+
+def test_card_cancellation_hears_retention_first(catalogue: PromptCatalogue) -> None:
+    t, _, _ = call(catalogue, "13800138000", "2,4,123456,3,1,0")
+    said = [e["prompt"] for e in t.of("prompt")]
+    assert said.index("retention_offer") < said.index("retention_accepted")
+
+
+def test_card_loss_blocks_after_confirmation(catalogue: PromptCatalogue) -> None:
+    t, _, audit = call(catalogue, "13800138000", "2,2,1,0")
+    assert [(a.operation, a.outcome) for a in audit.entries] == [("card_block", "confirmed")]
+    assert "card_blocked" in [e["prompt"] for e in t.of("prompt")]
+
+
+def test_out_of_hours_agent_request(catalogue: PromptCatalogue) -> None:
+    t, _, _ = call(catalogue, "13800138000", "0,0,0", at=NIGHT)
+    said = [e["prompt"] for e in t.of("prompt")]
+    # twice the opening hours and back to the menu; the third time the call ends politely
+    assert said.count("after_hours") == 2 and said[-1] == "goodbye"
+    assert t.outcome is not None and t.outcome.kind == "hangup"
+
+
+def test_silence_in_the_main_menu_escalates_then_reaches_a_person(catalogue: PromptCatalogue) -> None:
+    t, _, _ = call(catalogue, "13800138000", "2,t,t,t")
+    said = [e["prompt"] for e in t.of("prompt")]
+    assert said[said.index("main_menu"):] == [
+        "main_menu", "no_input_1", "main_menu_short", "no_input_2", "main_menu_short",
+        "no_input_3", "operator", "survey_invite",
+    ]
+    assert t.outcome is not None and t.outcome.kind == "queue"
+
+
+def test_survey_flow(catalogue: PromptCatalogue, tmp_path: Path) -> None:
+    t, ch, _ = try_flow(flows_dir=FLOWS, flow="survey", caller="13800138000", script="9,4", data=DATA,
+                        catalogue=catalogue)
+    assert [e["status"] for e in t.of("input")] == ["no-match", "match"]
+    assert ("score", "4") in [(e["name"], e["value"]) for e in t.of("set")]
+    assert t.outcome is not None and t.outcome.detail["reason"] == "survey answered"
