@@ -24,7 +24,16 @@ import pytest
 
 from ivr_engine.config import AmiSettings
 from ivr_engine.errors import AmiActionError, AmiDisconnected, AmiLoginError
-from ivr_engine.protocol.ami import AmiEvent, AmiResponse, FullyBooted
+from ivr_engine.protocol.ami import (
+    AmiEvent,
+    AmiResponse,
+    DialBegin,
+    FullyBooted,
+    Hangup,
+    Newchannel,
+    OriginateResponse,
+    VarSet,
+)
 from ivr_engine.transport.ami import AmiClient, AmiConnectionLost, AmiConnectionMade, Backoff
 
 pytestmark = pytest.mark.pbx
@@ -212,6 +221,42 @@ async def test_list_actions(client: AmiClient) -> None:
     # PJSIPShow* need the `system` write class, which the engine user does not get.
     with pytest.raises(AmiActionError, match="PJSIPShowEndpoints: Permission denied"):
         await client.list_action({"Action": "PJSIPShowEndpoints"})
+
+
+async def test_originate_correlates_its_response_and_events_come_out_typed(
+    client: AmiClient,
+) -> None:
+    rec = Recorder()
+    client.subscribe("*", rec)
+    marker = secrets.token_hex(6)
+    # A Local channel into the echo test (agents,600): answered at once, gone after Wait(1).
+    action_id = await client.originate(
+        channel="Local/600@agents",
+        application="Wait",
+        data="1",
+        caller_id="陈先生 <13800138000>",
+        variables={"IVR_TEST": marker},
+    )
+    result = await client.originate_response(action_id, timeout=10)
+    assert isinstance(result, OriginateResponse) and result.success and result.reason == 4
+    assert result.action_id == action_id and result.caller_id_name == "陈先生"
+    channel = result.channel
+    assert channel.startswith("Local/600@agents-") and channel.endswith(";1")
+
+    async def first(kind: type[AmiEvent], **match: object) -> AmiEvent:
+        while True:
+            event = await rec.next(kind.__name__)  # these classes carry Asterisk's names
+            if isinstance(event, kind) and all(getattr(event, k) == v for k, v in match.items()):
+                return event
+
+    await first(Newchannel, channel=channel)
+    var = await first(VarSet, channel=channel, variable="IVR_TEST")
+    assert isinstance(var, VarSet) and var.value == marker
+    dial = await first(DialBegin)
+    assert isinstance(dial, DialBegin) and dial.dest_channel == channel
+    hangup = await first(Hangup, channel=channel)
+    assert isinstance(hangup, Hangup) and hangup.fields["CallerIDName"] == "陈先生"
+    assert hangup.uniqueid == result.uniqueid
 
 
 async def test_wrong_password_is_refused_and_never_logged(
