@@ -46,7 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 from ivr_engine.prompts import names
 from ivr_engine.prompts.errors import SpeechValueError
@@ -58,6 +58,7 @@ KINDS: frozenset[str] = frozenset(
 
 MAX_INTEGER = 999_999_999_999
 MAX_DIGITS = 64
+_FEN = Decimal("0.01")
 
 _CMN_DIGITS = "零一二三四五六七八九"
 _EN_ONES = (
@@ -149,10 +150,13 @@ def _integer(value: object, kind: str) -> int:
     if isinstance(value, int):
         n = value
     elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        # before int(): Decimal("1E+999999999") is cheap, its int is not (nor is abs())
+        if value.adjusted() >= 12:
+            raise SpeechValueError(f"{kind}: {value} is larger than {MAX_INTEGER:,}")
         n = int(value)
     elif isinstance(value, float) and value.is_integer():
         n = int(value)  # flow expressions of type num arrive as float: 3.0 is spoken as 3
-    elif isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,15}\s*", value):
+    elif isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,15}\s*", value):
         n = int(value)
     else:
         raise SpeechValueError(f"{kind}: expected a whole number, got {value!r}")
@@ -189,10 +193,15 @@ def _money(value: object) -> tuple[int, int]:
         raise SpeechValueError(f"money: {value!r} is not a finite amount")
     if amount < 0:
         raise SpeechValueError(f"money: negative amounts are not spoken, got {amount}")
-    cents = amount * 100
-    if cents != cents.to_integral_value():
+    if amount.adjusted() >= 12:  # >= 10**12, checked without arithmetic that could overflow
+        raise SpeechValueError(f"money: {amount} is larger than {MAX_INTEGER:,} yuan")
+    # Exact arithmetic: below 10**12 with 2 decimals needs 14 digits, the default context 28
+    # would round "1.0000000000000000000000000001" to a clean 1.00.
+    exact = Context(prec=40)
+    fen_amount = amount.quantize(_FEN, context=exact)
+    if fen_amount != amount:
         raise SpeechValueError(f"money: {amount} has more than two decimal places")
-    yuan, fen = divmod(int(cents), 100)
+    yuan, fen = divmod(int(fen_amount.scaleb(2, context=exact)), 100)
     if yuan > MAX_INTEGER:
         raise SpeechValueError(f"money: {amount} is larger than {MAX_INTEGER:,} yuan")
     return yuan, fen

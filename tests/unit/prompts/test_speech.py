@@ -246,7 +246,9 @@ def test_names() -> None:
 @pytest.mark.parametrize(("kind", "value"), [
     ("number", -1), ("number", "-3"), ("number", MAX_INTEGER + 1), ("number", 10**20),
     ("number", 1.5), ("number", float("nan")), ("number", Decimal("NaN")), ("number", "12a"),
-    ("number", True), ("number", None),
+    ("number", True), ("number", None), ("number", Decimal("1E+999999999")), ("number", "١٢"),
+    ("money", Decimal("1E+999999999")), ("money", "9" * 5000),
+    ("money", "1.0000000000000000000000000001"), ("money", "0.001"),
     ("money", "-0.01"), ("money", -5), ("money", "1.005"), ("money", "abc"), ("money", "NaN"),
     ("money", Decimal("Infinity")), ("money", 10**12), ("money", [1]), ("money", False),
     ("ordinal", 0), ("date", "2026-13-01"), ("date", "1899-12-31"), ("date", 20261128),
