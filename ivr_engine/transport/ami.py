@@ -31,6 +31,7 @@ The secret is sent in the Login action only; it appears in no log line, exceptio
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import random
@@ -824,6 +825,9 @@ class AmiClient:
         functions run in the loop; they must not block. Returns an unsubscribe function."""
         if not name:
             raise ValueError("event name must not be empty")
+        if inspect.iscoroutinefunction(callback):
+            # Its coroutine would never be awaited; async consumers use events().
+            raise TypeError("AMI subscribers are plain functions; use events() to await")
         key = name.lower()
         self._subscribers.setdefault(key, []).append(callback)
 

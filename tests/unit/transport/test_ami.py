@@ -660,6 +660,11 @@ async def test_subscriber_errors_are_logged_and_do_not_stop_dispatch(
         def broken(event: AmiEvent) -> None:
             raise RuntimeError("subscriber bug")
 
+        async def coroutine(event: AmiEvent) -> None:
+            pass
+
+        with pytest.raises(TypeError, match="use events"):
+            client.subscribe("UserEvent", coroutine)  # type: ignore[arg-type]
         client.subscribe("UserEvent", broken)
         unsubscribe = client.subscribe("UserEvent", rec)
         await fake.push(frame(("Event", "UserEvent"), ("UserEvent", "x")))
