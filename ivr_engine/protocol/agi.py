@@ -135,6 +135,9 @@ class AgiEnvironment:
     raw: Mapping[str, str]
     undecodable: frozenset[str] = field(default=frozenset())
 
+    def __hash__(self) -> int:  # the mapping is read-only; hash its items
+        return hash((tuple(sorted(self.raw.items())), self.undecodable))
+
     def get(self, key: str, default: str = "") -> str:
         """A raw value by its full key (`agi_request`) or its short name (`request`)."""
         if not key.startswith("agi_"):
@@ -483,6 +486,7 @@ class AgiResult:
 
 _STATUS = re.compile(r"(\d{3})([ -])(.*)", re.DOTALL)
 _TRAILER = re.compile(r"(?:\s+[A-Za-z_][A-Za-z0-9_]*=\S*)*\s*")
+_MAX_TRAILER = 256
 _KV = re.compile(r"\s+([A-Za-z_][A-Za-z0-9_]*)=(\S*)")
 
 
@@ -513,9 +517,10 @@ def _parse_result_line(code: int, body: str, raw: str, lossy: bool) -> AgiResult
     if stripped.startswith("("):
         inner = stripped[1:]
         # A value in parentheses may itself hold ')' (GET VARIABLE of "a(b)"): take the last
-        # ')' after which only key=value pairs follow, else the first ')'.
+        # ')' after which only key=value pairs follow, else the first ')'. Real trailers are
+        # short (" endpos=123456"), so only the tail is searched: no quadratic scan.
         close = -1
-        for idx in range(len(inner) - 1, -1, -1):
+        for idx in range(len(inner) - 1, max(-1, len(inner) - 1 - _MAX_TRAILER), -1):
             if inner[idx] == ")" and _TRAILER.fullmatch(inner[idx + 1 :]):
                 close = idx
                 break

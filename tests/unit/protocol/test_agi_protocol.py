@@ -96,6 +96,9 @@ def test_environment_accessors() -> None:
     assert env.arguments == ("hotline", "with space")
     assert env.undecodable == frozenset()
     assert env.get("rdnis") == "unknown" and env.get("agi_nosuch", "x") == "x"
+    assert hash(env) == hash(parse_environment(ENV_BLOCK))  # frozen: usable as a key
+    with pytest.raises(TypeError):
+        env.raw["agi_channel"] = "x"  # type: ignore[index]
 
 
 def test_environment_unknown_caller_and_bad_numbers_are_lenient() -> None:
