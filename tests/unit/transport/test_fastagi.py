@@ -163,6 +163,7 @@ async def test_full_mini_call(caplog: pytest.LogCaptureFixture) -> None:
         await session.answer()
         rec.values["digit"] = await session.stream_file("welcome", "12")
         rec.values["pin"] = await session.get_data("enter-pin", 5000, 4, sensitive=True)
+        rec.values["confirm"] = await session.wait_for_digit(2.0, sensitive=True)
         await session.set_variable("IVR_RESULT", 'menu "1" \\ done')
         rec.values["var"] = await session.get_variable("CALLERID(name)")
         rec.values["unset"] = await session.get_variable("NOSUCH")
@@ -177,6 +178,7 @@ async def test_full_mini_call(caplog: pytest.LogCaptureFixture) -> None:
         await ast.expect("ANSWER", reply="200 result=0\n")
         await ast.expect("STREAM", "FILE", "welcome", "12", reply="200 result=49 endpos=8000\n")
         await ast.expect("GET", "DATA", "enter-pin", "5000", "4", reply="200 result=2468\n")
+        await ast.expect("WAIT", "FOR", "DIGIT", "2000", reply="200 result=55\n")
         await ast.expect(
             "SET", "VARIABLE", "IVR_RESULT", 'menu "1" \\ done', reply="200 result=1\n"
         )
@@ -202,7 +204,9 @@ async def test_full_mini_call(caplog: pytest.LogCaptureFixture) -> None:
     assert rec.values["status"] == 6
     assert rec.values["exec"] == 0
     text = caplog.text
-    assert "2468" not in text, "a sensitive reply reached the log"
+    assert rec.values["confirm"] == "7"
+    assert "2468" not in text and "result=55" not in text, "a sensitive reply reached the log"
+    assert "2468" not in repr(rec.values["pin"])
     assert "GET DATA <withheld>" in text and "200 result=<withheld>" in text
     assert "STREAM FILE 'welcome' '12'" in text  # non-sensitive commands are logged at DEBUG
     assert all(r.levelno <= logging.DEBUG for r in caplog.records if "result=49" in r.message)
