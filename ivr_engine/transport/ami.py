@@ -434,6 +434,9 @@ class AmiClient:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("AMI task %s failed", task.get_name(), exc_info=task.exception())
         self._supervisor = self._pinger = None
         self._old_pingers.clear()
         protocol = self._protocol

@@ -18,6 +18,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_h
+from hypothesis import strategies as st
 
 from ivr_engine.config import AmiSettings
 from ivr_engine.errors import AmiActionError, AmiDisconnected, AmiError, AmiLoginError
@@ -276,6 +279,42 @@ def test_framer_decodes_chinese_fed_byte_by_byte() -> None:
     assert framer.version == "9.0.0"
     assert len(frames) == 1
     assert frames[0].fields["calleridname"] == "陈先生"
+
+
+_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"),
+    max_size=20,
+)
+_key = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,10}", fullmatch=True)
+
+
+@settings_h(max_examples=60, deadline=None)
+@given(
+    frames=st.lists(st.lists(st.tuples(_key, _text), min_size=1, max_size=6), max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+)
+def test_framer_gives_the_same_frames_however_the_bytes_are_cut(
+    frames: list[list[tuple[str, str]]], cuts: list[int]
+) -> None:
+    data = b"Asterisk Call Manager/9.0.0\r\n" + b"".join(frame(*f) for f in frames)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    framer = AmiFramer()
+    got = []
+    for a, b in zip(points, points[1:], strict=False):
+        got += framer.feed(data[a:b])
+    expected = [[(k, v) for k, v in f] for f in frames]
+    assert [list(g.fields.pairs) for g in got] == expected
+
+
+@settings_h(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_framer_on_garbage_gives_frames_or_a_protocol_error(data: bytes) -> None:
+    framer = AmiFramer(max_frame=200)
+    try:
+        framer.feed(b"Asterisk Call Manager/9.0.0\r\n" + data)
+        framer.feed(data)
+    except AmiProtocolError:
+        pass
 
 
 def test_framer_refuses_a_peer_that_is_not_ami() -> None:
