@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 MASK = "******"
 MAX_STEPS = 5000
 ALL_KEYS = "0123456789*#"
+TERM_TIMEOUT = 1.5  # how long a full entry waits for its terminator
 
 
 class FlowRuntimeError(FlowError):
@@ -562,6 +563,12 @@ class Interpreter:
                     break
                 digits += key
                 if len(digits) >= node.max_digits:
+                    if node.terminator:
+                        # the prompt asked for the terminator: a caller presses it even when
+                        # the entry is already complete; swallow it (VoiceXML termtimeout)
+                        after = await ch.wait_digit(TERM_TIMEOUT)
+                        if after is not None and after != node.terminator and not node.sensitive:
+                            state.pending = after  # type-ahead for the next input
                     break
                 key = await ch.wait_digit(node.inter_digit_timeout)
             if self._valid(node, digits):
