@@ -619,7 +619,7 @@ async def test_half_open_connection_is_detected_within_the_ping_interval(fake: F
     silent_since = time.monotonic()
     lost = await rec.next("AmiDisconnected", timeout=5)
     detected_after = rec.times[rec.events.index(lost)] - silent_since
-    assert detected_after <= interval + 0.15, detected_after
+    assert detected_after <= interval + 0.25, detected_after  # slack for a busy machine
     assert isinstance(lost, AmiConnectionLost) and "half-open" in lost.reason
     fake.silent = False
     made = await rec.next("AmiConnected")
