@@ -38,17 +38,27 @@ log = logging.getLogger(__name__)
 
 VOICES: dict[str, str] = {"cmn": "cmn-latn-pinyin", "yue": "yue", "en": "en-us"}
 SPEED_WPM: dict[str, int] = {"cmn": 150, "yue": 150, "en": 160}
+# Words of composed speech (一 千 二 百 ...) are played back to back: a little faster and with
+# a shorter gap than sentences, so 1234.50 sounds like one amount rather than a list.
+WORD_SPEEDUP_WPM = 20
 RECORDED_EXTENSIONS = (".wav", ".flac", ".ogg")
 MANIFEST = ".manifest.json"
 # Bump when the synthesis pipeline changes: every synthesized file is then rebuilt once.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 # 8 kHz mono 16-bit signed PCM: what format_wav plays without transcoding surprises.
 _OUT_FORMAT = ["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"]
 # Trim the synthesizer's leading and trailing silence, normalize, leave a short gap after.
-_SYNTH_EFFECTS = [
-    "silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%", "reverse",
-    "norm", "-3", "pad", "0.02", "0.08",
-]
+_TRIM = ["silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%", "reverse",
+         "norm", "-3"]
+_SENTENCE_PAD = ["pad", "0.02", "0.10"]
+_WORD_PAD = ["pad", "0.01", "0.03"]
+
+
+def synth_settings(item: SoundItem) -> tuple[str, str, int, list[str]]:
+    """(voice language, text, words per minute, sox effects) for a synthesized sound."""
+    voice, text = item.spoken
+    speed = SPEED_WPM[voice] + (WORD_SPEEDUP_WPM if item.word else 0)
+    return voice, text, speed, _TRIM + (_WORD_PAD if item.word else _SENTENCE_PAD)
 
 
 @dataclass
@@ -84,8 +94,8 @@ def _file_digest(path: Path) -> str:
 
 
 def synth_digest(item: SoundItem) -> str:
-    voice, text = item.spoken
-    return "synth:" + _digest(PIPELINE_VERSION, VOICES[voice], str(SPEED_WPM[voice]), text)
+    voice, text, speed, effects = synth_settings(item)
+    return "synth:" + _digest(PIPELINE_VERSION, VOICES[voice], str(speed), " ".join(effects), text)
 
 
 def find_recording(recorded_root: Path, file: str) -> Path | None:
@@ -254,13 +264,12 @@ class PromptBuilder:
         async with limit:
             try:
                 if recording is None:
-                    voice, text = item.spoken
+                    voice, text, speed, effects = synth_settings(item)
                     await _run(
-                        [espeak, "-v", VOICES[voice], "-s", str(SPEED_WPM[voice]),
-                         "-w", str(raw), "--stdin"],
+                        [espeak, "-v", VOICES[voice], "-s", str(speed), "-w", str(raw), "--stdin"],
                         stdin=text.encode("utf-8"), seconds=self.timeout,
                     )
-                    await _run([sox, str(raw), *_OUT_FORMAT, str(tmp_out), *_SYNTH_EFFECTS],
+                    await _run([sox, str(raw), *_OUT_FORMAT, str(tmp_out), *effects],
                                stdin=None, seconds=self.timeout)
                 else:
                     await _run([sox, "-G", str(recording), *_OUT_FORMAT, str(tmp_out)],

@@ -71,6 +71,7 @@ class SoundItem:
     lang: str
     synth_text: str = ""
     voice: str = ""
+    word: bool = False  # a word of composed speech (numbers, names), not a prompt fragment
 
     @property
     def spoken(self) -> tuple[str, str]:
@@ -363,5 +364,5 @@ class PromptCatalogue:
             for key, text in speech.VOCABULARY[lang].items():
                 file = f"{lang}/{key}"
                 voice, synth_text = speech.synthesis_source(lang, key)
-                items.setdefault(file, SoundItem(file, text, lang, synth_text, voice))
+                items.setdefault(file, SoundItem(file, text, lang, synth_text, voice, word=True))
         return list(items.values())
