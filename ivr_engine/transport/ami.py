@@ -177,6 +177,10 @@ class _GuardedProtocol(AMIProtocol):  # type: ignore[misc]
     def eof_received(self) -> bool:
         return False  # close our side too; the connection is over
 
+    def send(self, data: Any, as_list: Any = False) -> Any:
+        # panoramisk's send path has its own reply bookkeeping (and the resend queue).
+        raise AmiError("send actions through AmiClient.action(), not the panoramisk Manager")
+
     def write(self, data: bytes) -> None:
         if self.closed:
             raise AmiDisconnected(f"AMI connection to {self._client.address} is closed")
@@ -224,6 +228,7 @@ class _GuardedManager(Manager):  # type: ignore[misc]
     It keeps the configuration and the current protocol; `AmiClient` drives it."""
 
     patterns: list[Any]
+    protocol: Any
 
     def __init__(self, client: AmiClient, settings: AmiSettings) -> None:
         super().__init__(
@@ -257,6 +262,8 @@ class _GuardedManager(Manager):  # type: ignore[misc]
 
     def connection_lost(self, exc: Any) -> None:
         self._connected = False  # no reconnect here: AmiClient's supervisor does that
+        self.authenticated = False
+        self.protocol = None
 
     async def open(self, timeout: float) -> _GuardedProtocol:  # noqa: ASYNC109
         loop = asyncio.get_running_loop()

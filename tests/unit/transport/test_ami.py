@@ -577,6 +577,8 @@ async def test_originate_in_flight_at_the_drop_is_never_sent_twice(fake: FakeAmi
     assert not manager.awaiting_actions
     with pytest.raises(AmiError):
         manager.connect()
+    with pytest.raises(AmiError, match="AmiClient.action"):
+        manager.send_action({"Action": "Originate", "Channel": "PJSIP/agent-1001"})
     await client.close()
     assert fake.counts["originate"] == 1
 
