@@ -387,6 +387,7 @@ class AgiSession:
         *,
         offset: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - see command()
+        sensitive: bool = False,
     ) -> str | None:
         """Play a sound file (no extension); return the escape digit pressed, or None.
 
@@ -396,7 +397,8 @@ class AgiSession:
         args: list[Arg] = [name, escape_digits]
         if offset is not None:
             args.append(offset)
-        result = await self.command("STREAM FILE", *args, timeout=timeout)
+        # `sensitive`: the digit that barges in may be the first digit of a PIN.
+        result = await self.command("STREAM FILE", *args, timeout=timeout, sensitive=sensitive)
         if result.result == -1:
             await self._check_failed("STREAM FILE")
         return result.digit
