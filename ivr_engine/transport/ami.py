@@ -499,7 +499,8 @@ class AmiClient:
             except AmiActionFailed as exc:
                 raise AmiLoginError(
                     f"AMI at {self.address} refused login for user "
-                    f"{self._settings.username!r}: {exc.reason}"
+                    f"{self._settings.username!r}: {exc.reason} "
+                    "(check the settings ami.username and ami.secret)"
                 ) from None
             except AmiTimeout:
                 raise AmiDisconnected(
