@@ -13,7 +13,14 @@ from typing import Any
 from ivr_engine.errors import FlowError
 from ivr_engine.flow.channel import CallerInfo
 from ivr_engine.flow.deploy import DeployError, FlowStore, load_catalogue
-from ivr_engine.flow.fake import FakeChannel, MemoryAudit, ScriptedQueue, TextPrompts, Transcript, load_fixture
+from ivr_engine.flow.fake import (
+    FakeChannel,
+    MemoryAudit,
+    ScriptedQueue,
+    TextPrompts,
+    Transcript,
+    load_fixture,
+)
 from ivr_engine.flow.interpreter import Interpreter
 from ivr_engine.flow.loader import LoadResult, load_paths
 from ivr_engine.flow.services import DataSource, DialplanQueueGateway, QueueGateway, Services
@@ -66,7 +73,9 @@ def _parse_at(text: str | None) -> dt.datetime | None:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise FlowError(f"--at {text!r}: expected an ISO time like 2026-11-25T10:30+08:00") from None
+        raise FlowError(
+            f"--at {text!r}: expected an ISO time like 2026-11-25T10:30+08:00"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
     return when
@@ -100,7 +109,9 @@ def try_flow(
         name = matches[0] if matches else ""
     flows.get(name)  # a clear error when it does not exist
     sources: dict[str, DataSource] = load_fixture(data) if data else {}
-    queue: QueueGateway = DialplanQueueGateway() if queue_outcome == "handed_off" else ScriptedQueue(queue_outcome)
+    queue: QueueGateway = (
+        DialplanQueueGateway() if queue_outcome == "handed_off" else ScriptedQueue(queue_outcome)
+    )
     transcript = Transcript()
     audit = MemoryAudit()
     services = Services(sources, queue, audit, transcript)
@@ -133,7 +144,12 @@ def _try(args: argparse.Namespace) -> int:
         out = transcript.as_json()
         out["channel"] = channel.log
         out["audit"] = [
-            {"operation": a.operation, "outcome": a.outcome, "node": a.node, "details": dict(a.details)}
+            {
+                "operation": a.operation,
+                "outcome": a.outcome,
+                "node": a.node,
+                "details": dict(a.details),
+            }
             for a in audit.entries
         ]
         print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -152,7 +168,9 @@ def _deploy(args: argparse.Namespace) -> int:
     store = FlowStore(args.settings.flows.deploy_dir)
     sources = args.paths or [args.settings.flows.dir]
     try:
-        version, result, changed = store.deploy(sources, catalogue=_catalogue(args), entry=args.settings.flows.entry)
+        version, result, changed = store.deploy(
+            sources, catalogue=_catalogue(args), entry=args.settings.flows.entry
+        )
     except DeployError as exc:
         if exc.result is not None:
             _print_diagnostics(exc.result, stream=sys.stderr)
@@ -181,7 +199,9 @@ def _versions(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     store = FlowStore(args.settings.flows.deploy_dir)
     try:
-        version = store.rollback(args.version, catalogue=_catalogue(args), entry=args.settings.flows.entry)
+        version = store.rollback(
+            args.version, catalogue=_catalogue(args), entry=args.settings.flows.entry
+        )
     except DeployError as exc:
         if exc.result is not None:
             _print_diagnostics(exc.result, stream=sys.stderr)
@@ -203,15 +223,21 @@ def _bench(args: argparse.Namespace) -> int:
             f"interpreter: {interp['nodes']} nodes x {interp['calls']} calls: "
             f"{interp['overhead_us_per_node']:.1f} us/node overhead "
             f"(total {interp['total_us_per_node']:.1f} us/node, baseline channel calls "
-            f"{interp['baseline_ms_median']:.3f} ms/call, ratio {interp['ratio_flow_to_baseline']:.1f}x); "
+            f"{interp['baseline_ms_median']:.3f} ms/call, "
+            f"ratio {interp['ratio_flow_to_baseline']:.1f}x); "
             f"target < {bench.TARGET_NODE_US:.0f} us"
         )
         print(
-            f"lint: {lint['nodes']} nodes ({lint['lines']} lines): {lint['lint_s_median'] * 1e3:.0f} ms "
+            f"lint: {lint['nodes']} nodes ({lint['lines']} lines): "
+            f"{lint['lint_s_median'] * 1e3:.0f} ms "
             f"(yaml compose alone {lint['yaml_compose_s_median'] * 1e3:.0f} ms, "
-            f"ratio {lint['ratio_lint_to_compose']:.2f}x); target < {bench.TARGET_LINT_S * 1e3:.0f} ms"
+            f"ratio {lint['ratio_lint_to_compose']:.2f}x); "
+            f"target < {bench.TARGET_LINT_S * 1e3:.0f} ms"
         )
-    ok = interp["overhead_us_per_node"] < bench.TARGET_NODE_US and lint["lint_s_median"] < bench.TARGET_LINT_S
+    ok = (
+        interp["overhead_us_per_node"] < bench.TARGET_NODE_US
+        and lint["lint_s_median"] < bench.TARGET_LINT_S
+    )
     return 0 if ok else 1
 
 
@@ -221,26 +247,42 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("lint", help="check flow files; exit 1 on errors")
     p.add_argument("paths", nargs="*", help="files or directories (default: settings flows.dir)")
-    p.add_argument("--max-menu-depth", type=int, default=None, help="warn past this many menu levels")
-    p.add_argument("--no-catalogue", action="store_true", help="do not check prompts against the catalogue")
+    p.add_argument(
+        "--max-menu-depth", type=int, default=None, help="warn past this many menu levels"
+    )
+    p.add_argument(
+        "--no-catalogue", action="store_true", help="do not check prompts against the catalogue"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_lint)
 
     p = cmds.add_parser("try", help="run a flow offline against a scripted caller")
     p.add_argument("flow", help="flow name (in --dir) or a flow file")
     p.add_argument("--caller", default="", help="caller number ('' or anonymous: withheld)")
-    p.add_argument("--input", default="", help='comma-separated entries: digits, "t" timeout, "h" hang-up')
+    p.add_argument(
+        "--input", default="", help='comma-separated entries: digits, "t" timeout, "h" hang-up'
+    )
     p.add_argument("--data", help="YAML/JSON fixture of data-source results")
     p.add_argument("--dir", help="flows directory (default: settings flows.dir)")
     p.add_argument("--at", help="call time, ISO 8601 (default now; +08:00 when no zone)")
     p.add_argument(
         "--queue-outcome",
         default="handed_off",
-        choices=["handed_off", "answered", "timeout", "overflow", "callback", "abandoned", "closed"],
+        choices=[
+            "handed_off",
+            "answered",
+            "timeout",
+            "overflow",
+            "callback",
+            "abandoned",
+            "closed",
+        ],
         help="what the queue does (default: hand back to the dialplan)",
     )
     p.add_argument(
-        "--transfer-status", default="answered", choices=["answered", "busy", "noanswer", "failed", "hangup"]
+        "--transfer-status",
+        default="answered",
+        choices=["answered", "busy", "noanswer", "failed", "hangup"],
     )
     p.add_argument("--no-catalogue", action="store_true", help="show prompt ids instead of texts")
     p.add_argument("--json", action="store_true")

@@ -21,8 +21,8 @@ import yaml
 from ivr_engine.flow.fake import InstantChannel
 from ivr_engine.flow.interpreter import Interpreter
 from ivr_engine.flow.loader import load_texts, raise_first
-from ivr_engine.flow.yamltree import LOADER
 from ivr_engine.flow.services import AuditEntry, FlowOutcome, QueueOutcome, QueueRequest, Services
+from ivr_engine.flow.yamltree import LOADER
 from ivr_engine.prompts import Utterance
 
 TARGET_NODE_US = 50.0
@@ -52,7 +52,11 @@ def generate_flow(nodes: int, name: str = "bench") -> str:
         kind = kinds[i % len(kinds)]
         lines.append(f"  n{i}:")
         if kind == "set":
-            lines += ["    type: set", "    vars: {x: \"x + tiers['vip'] % 7\"}", f"    next: {nxt}"]
+            lines += [
+                "    type: set",
+                "    vars: {x: \"x + tiers['vip'] % 7\"}",
+                f"    next: {nxt}",
+            ]
         elif kind == "switch":
             lines += [
                 "    type: switch",
@@ -61,7 +65,11 @@ def generate_flow(nodes: int, name: str = "bench") -> str:
                 f"    default: {nxt}",
             ]
         elif kind == "play":
-            lines += ["    type: play", "    prompt: {prompt: p_info, vars: {n: x}}", f"    next: {nxt}"]
+            lines += [
+                "    type: play",
+                "    prompt: {prompt: p_info, vars: {n: x}}",
+                f"    next: {nxt}",
+            ]
         elif kind == "menu":
             lines += [
                 "    type: menu",

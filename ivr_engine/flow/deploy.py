@@ -74,7 +74,9 @@ class FlowStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise DeployError(f"{self.current_link}: cannot read the current pointer: {exc}") from None
+            raise DeployError(
+                f"{self.current_link}: cannot read the current pointer: {exc}"
+            ) from None
         return Path(target).name
 
     def current_path(self) -> Path | None:
@@ -83,7 +85,7 @@ class FlowStore:
 
     def versions(self) -> list[VersionInfo]:
         current = self.current_version()
-        out = []
+        out: list[VersionInfo] = []
         if not self.versions_dir.is_dir():
             return out
         for d in self.versions_dir.iterdir():
@@ -120,7 +122,9 @@ class FlowStore:
         return out
 
     # -- writing
-    def deploy(self, sources: Sequence[str | Path], *, catalogue: Any = None, entry: str | None = None) -> tuple[str, LoadResult, bool]:
+    def deploy(
+        self, sources: Sequence[str | Path], *, catalogue: Any = None, entry: str | None = None
+    ) -> tuple[str, LoadResult, bool]:
         """Validate `sources` and make them current. Returns (version, lint result, changed)."""
         result = load_paths(sources, catalogue=catalogue, entry=entry)
         if result.errors:
@@ -151,13 +155,17 @@ class FlowStore:
         # the copy must load exactly like the source did (same names, same hash)
         check = load_paths([dest], catalogue=catalogue, entry=entry)
         if check.errors or check.flows is None or check.flows.version != version:
-            raise DeployError(f"stored version {version} does not load back identically; not switched")
+            raise DeployError(
+                f"stored version {version} does not load back identically; not switched"
+            )
         changed = self.current_version() != version
         if changed:
             self._point_to(version, "deploy")
         return version, result, changed
 
-    def rollback(self, version: str | None = None, *, catalogue: Any = None, entry: str | None = None) -> str:
+    def rollback(
+        self, version: str | None = None, *, catalogue: Any = None, entry: str | None = None
+    ) -> str:
         """Make `version` (a hash or unique prefix) current; default: the one before current."""
         current = self.current_version()
         if version is None:
@@ -232,7 +240,10 @@ class FlowRegistry:
         try:
             flows = raise_first(result)
         except FlowError:
-            log.error("flow reload refused; keeping version %s", self._current.version if self._current else "none")
+            log.error(
+                "flow reload refused; keeping version %s",
+                self._current.version if self._current else "none",
+            )
             for d in result.errors[:20]:
                 log.error("%s", d.render())
             raise

@@ -274,10 +274,7 @@ class _Parser:
             right = self.and_()
             self._need_bool(left, tok, "or")
             self._need_bool(right, tok, "or")
-            lf, rf = left.fn, right.fn
-            left = _combine(
-                "bool", (left, right), lambda e, lf=lf, rf=rf: bool(lf(e)) or bool(rf(e))
-            )
+            left = _combine("bool", (left, right), _or(left.fn, right.fn))
         self.depth -= 1
         return left
 
@@ -288,10 +285,7 @@ class _Parser:
             right = self.not_()
             self._need_bool(left, tok, "and")
             self._need_bool(right, tok, "and")
-            lf, rf = left.fn, right.fn
-            left = _combine(
-                "bool", (left, right), lambda e, lf=lf, rf=rf: bool(lf(e)) and bool(rf(e))
-            )
+            left = _combine("bool", (left, right), _and(left.fn, right.fn))
         return left
 
     def not_(self) -> _Node:
@@ -475,7 +469,7 @@ class _Parser:
         if not all(it.const for it in items):
             fns = [it.fn for it in items]
             return _combine(f"list[{t}]", tuple(items), lambda e: [f(e) for f in fns])
-        value = frozenset(it.fn({}) for it in items)  # type: ignore[misc]
+        value = frozenset(it.fn({}) for it in items)
         return _Node(f"list[{t}]", False, frozenset(), lambda e: value, const=True)
 
     def variable(self, first: Token) -> _Node:
@@ -572,6 +566,14 @@ class _Parser:
             g0 = fns[0]
             return _Node(result, sensitive, names, lambda e: impl(g0(e)))
         return _Node(result, sensitive, names, lambda e: impl(*(f(e) for f in fns)))
+
+
+def _or(lf: Evaluator, rf: Evaluator) -> Evaluator:
+    return lambda e: bool(lf(e)) or bool(rf(e))
+
+
+def _and(lf: Evaluator, rf: Evaluator) -> Evaluator:
+    return lambda e: bool(lf(e)) and bool(rf(e))
 
 
 def _const(t: str, value: object) -> _Node:

@@ -60,7 +60,8 @@ def parse_script(script: str | Sequence[str]) -> list[str]:
             continue
         else:
             raise FlowError(
-                f"input entry {i + 1} {entry!r}: expected digits (0-9 * #), 't' (timeout) or 'h' (hang-up)"
+                f"input entry {i + 1} {entry!r}: "
+                "expected digits (0-9 * #), 't' (timeout) or 'h' (hang-up)"
             )
     return events
 
@@ -129,7 +130,7 @@ class FakeChannel:
             return pressed if barged else None
         return None
 
-    async def wait_digit(self, timeout: float) -> str | None:
+    async def wait_digit(self, timeout: float) -> str | None:  # noqa: ASYNC109
         self._check()
         nxt = self._peek()
         if nxt is None or nxt == _HANGUP:
@@ -159,7 +160,7 @@ class FakeChannel:
         if self.record:
             self.log.append({"action": "set_variable", "name": name, "value": value})
 
-    async def transfer(self, target: str, *, timeout: float) -> TransferStatus:
+    async def transfer(self, target: str, *, timeout: float) -> TransferStatus:  # noqa: ASYNC109
         self._check()
         if self.record:
             self.log.append({"action": "transfer", "to": target, "status": self.transfer_status})
@@ -192,7 +193,7 @@ class InstantChannel:
     async def play(self, utterances: Sequence[Utterance], *, interrupt: str = "") -> str | None:
         return None
 
-    async def wait_digit(self, timeout: float) -> str | None:
+    async def wait_digit(self, timeout: float) -> str | None:  # noqa: ASYNC109
         return self.digit
 
     async def flush_digits(self) -> None:
@@ -201,7 +202,7 @@ class InstantChannel:
     async def set_variable(self, name: str, value: str) -> None:
         return None
 
-    async def transfer(self, target: str, *, timeout: float) -> TransferStatus:
+    async def transfer(self, target: str, *, timeout: float) -> TransferStatus:  # noqa: ASYNC109
         return "answered"
 
     async def hangup(self) -> None:
@@ -333,7 +334,7 @@ def _matches(rule: Mapping[str, Any], params: Mapping[str, object]) -> bool:
 
 
 def fixture_sources(data: Mapping[str, Any], *, origin: str = "<fixture>") -> dict[str, DataSource]:
-    """Data sources from a fixture: `{source: [{match: {param: value}, result: {...}} | {error: text}]}`.
+    """Data sources from a fixture: `{source: [{match: {param: v}, result: {..}} | {error: ..}]}`.
 
     The first rule whose `match` equals the call's params answers; no rule -> the lookup fails
     (the flow takes the node's error exit), just as a source that raised would."""

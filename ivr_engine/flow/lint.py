@@ -261,7 +261,8 @@ def _check_subflows(flow: Flow, flows: FlowSet, out: list[Diagnostic]) -> None:
                     out,
                     flow,
                     node,
-                    f"parameter {name!r} gets a sensitive value but is not sensitive in {callee.name!r}",
+                    f"parameter {name!r} gets a sensitive value "
+                    f"but is not sensitive in {callee.name!r}",
                 )
         for local, returned in node.outputs:
             rdecl = callee.returns.get(returned)
@@ -328,7 +329,8 @@ def _check_returns(flow: Flow, out: list[Diagnostic]) -> None:
                     out,
                     flow,
                     node,
-                    f"return value {name!r} reads a sensitive value; declare it sensitive or mask()",
+                    f"return value {name!r} reads a sensitive value; "
+                    "declare it sensitive or mask()",
                 )
 
 
@@ -421,7 +423,8 @@ def _check_prompt_ref(
                 out,
                 flow,
                 node,
-                f"would speak a sensitive value ({ref.value.source}) with say {ref.say}; only 'masked' may",
+                f"would speak a sensitive value ({ref.value.source}) with say {ref.say}; "
+                "only 'masked' may",
                 ref.loc,
             )
         return
@@ -463,7 +466,8 @@ def _check_prompt_ref(
                     out,
                     flow,
                     node,
-                    f"{{{name}:{kind}}} of {ref.prompt!r} needs {'/'.join(sorted(allowed))}, got {e.type}",
+                    f"{{{name}:{kind}}} of {ref.prompt!r} needs "
+                    f"{'/'.join(sorted(allowed))}, got {e.type}",
                     ref.loc,
                 )
         if e.sensitive and kind != "masked":
@@ -481,8 +485,9 @@ def _check_menu_depth(flows: FlowSet, limit: int | None, out: list[Diagnostic]) 
     """Shortest number of menus a caller passes to reach each menu (0-1 weighted Dijkstra)."""
     edges = {f.name: _edges(f) for f in flows.flows.values()}
     dist: dict[tuple[str, str], int] = {}
-    heap: list[tuple[int, str, str]] = []
-    entries = [flows.entry] if flows.entry in flows.flows else list(flows.flows)
+    heap: list[tuple[int, str, str]] = []  # (menus passed, flow, node)
+    entry = flows.entry
+    entries = [entry] if entry is not None and entry in flows.flows else list(flows.flows)
     called = {
         n.flow for f in flows.flows.values() for n in f.nodes.values() if isinstance(n, SubflowNode)
     }

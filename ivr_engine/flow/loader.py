@@ -349,7 +349,7 @@ class FlowParser:
             self.ctx.error(f"{what} must be a mapping of name: expression", y.loc)
             return ()
         out = []
-        for key, (kloc, value) in y.entries.items():
+        for key, (_kloc, value) in y.entries.items():
             want = want_types.get(key) if want_types else None
             e = self.expr(value, want)
             if e is not None:
@@ -523,7 +523,7 @@ class FlowParser:
                 continue
             table: dict[str, object] = {}
             if isinstance(vy, YMap):
-                for k, (vkloc, v) in vy.entries.items():
+                for k, (_vkloc, v) in vy.entries.items():
                     s = _scalar(self.ctx, v, f"a {t}")
                     if s is None:
                         continue
@@ -559,7 +559,7 @@ class FlowParser:
         ctx.flow = name
         description = f.get("description", c_str, "")
         languages = (
-            tuple(s for s, _ in c_str_list(ctx, f.raw("languages")))
+            tuple(s for s, _ in c_str_list(ctx, f.raw("languages") or YSeq(f.map.loc)))
             if f.has("languages")
             else LANGUAGES
         )
@@ -713,7 +713,8 @@ class FlowParser:
             prev = self.results.get(var)
             if prev is not None and prev != source:
                 self.ctx.error(
-                    f"result variable {var!r} holds {prev!r} elsewhere; use another name for {source!r}",
+                    f"result variable {var!r} holds {prev!r} elsewhere; "
+                    f"use another name for {source!r}",
                     res[1].loc,
                 )
                 continue
@@ -846,7 +847,8 @@ class FlowParser:
                     )
                 if sensitive and not decl.sensitive:
                     ctx.error(
-                        f"this collect is sensitive but {var!r} is not: declare it with sensitive: true",
+                        f"this collect is sensitive but {var!r} is not: "
+                        "declare it with sensitive: true",
                         f.key_loc("var"),
                     )
         if not ic["prompt"]:
@@ -981,7 +983,7 @@ class FlowParser:
             ctx.error("hours must be a mapping: mon-fri: 08:00-20:00", hy.loc)
         holidays: set[str] = set()
         if f.has("holidays"):
-            for text, hl in c_str_list(ctx, f.raw("holidays")):
+            for text, hl in c_str_list(ctx, f.raw("holidays") or YSeq(f.map.loc)):
                 if not _valid_holiday(text):
                     ctx.error(f"bad holiday {text!r} (YYYY-MM-DD, or MM-DD for every year)", hl)
                 else:
@@ -1014,7 +1016,8 @@ class FlowParser:
                     continue
                 if e.sensitive and not decl.sensitive:
                     ctx.error(
-                        f"{e.source!r} reads a sensitive value; {name!r} is not sensitive (use mask())",
+                        f"{e.source!r} reads a sensitive value; "
+                        f"{name!r} is not sensitive (use mask())",
                         ey.loc,
                     )
                     continue
@@ -1088,7 +1091,7 @@ class FlowParser:
         exits: dict[str, str] = {}
         ey = f.raw("exits")
         if isinstance(ey, YMap):
-            for label, (kl, ty) in ey.entries.items():
+            for label, (_kl, ty) in ey.entries.items():
                 t = self.target(ctx, ty)
                 if t:
                     exits[label] = t
@@ -1148,7 +1151,9 @@ class FlowParser:
                 ctx.error(
                     f"queue data {k!r} reads a sensitive value; use mask()", f.key_loc("data")
                 )
-        self._need(queue, priority, timeout)
+        self._need(queue, timeout)
+        if priority is None:
+            raise _Skip
         return QueueNode(
             node_id, loc, queue=queue, skills=skills, priority=priority, language=language,
             data=data, timeout=timeout, on=MappingProxyType(on), **common,

@@ -19,7 +19,11 @@ from ivr_engine.flow.services import DataSource, FlowOutcome, Services
 class FakeCatalogue:
     """A tiny catalogue: id -> {lang: text}; placeholders as {name:kind}."""
 
-    def __init__(self, prompts: Mapping[str, Mapping[str, str]], placeholders: Mapping[str, dict[str, str]] | None = None):
+    def __init__(
+        self,
+        prompts: Mapping[str, Mapping[str, str]],
+        placeholders: Mapping[str, dict[str, str]] | None = None,
+    ):
         self.prompts = prompts
         self._ph = placeholders or {}
 

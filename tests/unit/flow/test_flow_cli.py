@@ -8,10 +8,14 @@ from ivr_engine import cli
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_lint_clean_exit_0_and_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lint_clean_exit_0_and_errors_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["flows", "lint", str(ROOT / "flows")]) == 0
     bad = tmp_path / "bad.yaml"
-    bad.write_text("flow: x\nstart: a\nnodes:\n  a:\n    type: play\n    prompt: welcome\n    next: b\n")
+    bad.write_text(
+        "flow: x\nstart: a\nnodes:\n  a:\n    type: play\n    prompt: welcome\n    next: b\n"
+    )
     capsys.readouterr()
     assert cli.main(["flows", "lint", "--no-catalogue", str(bad)]) == 1
     out = capsys.readouterr().out.splitlines()
@@ -27,16 +31,31 @@ def test_lint_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_try_json_masks_the_pin(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main([
-        "flows", "try", "hotline", "--dir", str(ROOT / "flows"), "--caller", "13800138000",
-        "--data", str(ROOT / "flows" / "fixtures" / "personas.yaml"), "--at", "2026-11-05T10:00",
-        "--input", "1,2,123456", "--json",
-    ])
+    code = cli.main(
+        [
+            "flows",
+            "try",
+            "hotline",
+            "--dir",
+            str(ROOT / "flows"),
+            "--caller",
+            "13800138000",
+            "--data",
+            str(ROOT / "flows" / "fixtures" / "personas.yaml"),
+            "--at",
+            "2026-11-05T10:00",
+            "--input",
+            "1,2,123456",
+            "--json",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     out = json.loads(text)
     assert "123456" not in text
-    assert {"event": "input", "node": "enter", "digits": "******", "status": "match"} in out["events"]
+    assert {"event": "input", "node": "enter", "digits": "******", "status": "match"} in out[
+        "events"
+    ]
 
 
 def test_try_rejects_a_bad_input_script(capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,8 +64,9 @@ def test_try_rejects_a_bad_input_script(capsys: pytest.CaptureFixture[str]) -> N
     assert "input entry 2 'x'" in capsys.readouterr().err
 
 
-def test_deploy_versions_rollback_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deploy_versions_rollback_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("IVR_ENGINE_FLOWS_DEPLOY_DIR", str(tmp_path / "deploy"))
     assert cli.main(["flows", "deploy", str(ROOT / "flows")]) == 0
     assert "deployed:" in capsys.readouterr().out

@@ -29,7 +29,9 @@ def test_deploy_versions_and_rollback(tmp_path: Path) -> None:
     src = write(tmp_path / "src", GOOD)
     v1, _, changed = store.deploy([src])
     assert changed and store.current_version() == v1
-    assert (tmp_path / "deploy" / "current").resolve() == (tmp_path / "deploy" / "versions" / v1).resolve()
+    assert (tmp_path / "deploy" / "current").resolve() == (
+        tmp_path / "deploy" / "versions" / v1
+    ).resolve()
     # same content again: nothing changes
     assert store.deploy([src])[0] == v1 and not store.deploy([src])[2]
     write(src, GOOD.replace("welcome", "greeting"))

@@ -20,7 +20,9 @@ def _comparable(line: str) -> str:
     return m.group(1) if m else line
 
 
-def test_walkthrough_is_reproduced(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_walkthrough_is_reproduced(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     block = DOC.split("<!-- walkthrough -->", 1)[1].split("<!-- /walkthrough -->", 1)[0]
     body = block.strip().removeprefix("```console").removesuffix("```").strip("\n").splitlines()
     command, expected = body[0], body[1:]

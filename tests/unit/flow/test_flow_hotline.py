@@ -24,16 +24,33 @@ def catalogue() -> PromptCatalogue:
     return PromptCatalogue.load(ROOT / "prompts")
 
 
-def call(catalogue: PromptCatalogue, caller: str, script: str, at: dt.datetime = IN_PEAK, **kw: str):
-    return try_flow(flows_dir=FLOWS, flow="hotline", caller=caller, script=script, data=DATA, at=at,
-                    catalogue=catalogue, **kw)
+def call(
+    catalogue: PromptCatalogue, caller: str, script: str, at: dt.datetime = IN_PEAK, **kw: str
+):
+    return try_flow(
+        flows_dir=FLOWS,
+        flow="hotline",
+        caller=caller,
+        script=script,
+        data=DATA,
+        at=at,
+        catalogue=catalogue,
+        **kw,
+    )
 
 
 def test_hotline_flows_lint_clean_against_the_catalogue(catalogue: PromptCatalogue) -> None:
     result = load_paths([FLOWS], catalogue=catalogue, entry="hotline")
     assert [d.render() for d in result.diagnostics] == []
     assert result.flows is not None
-    assert set(result.flows.flows) >= {"hotline", "verify_pin", "transfer", "wealth", "cards", "survey"}
+    assert set(result.flows.flows) >= {
+        "hotline",
+        "verify_pin",
+        "transfer",
+        "wealth",
+        "cards",
+        "survey",
+    }
 
 
 def test_vip_green_channel(catalogue: PromptCatalogue) -> None:
@@ -49,7 +66,9 @@ def test_vip_green_channel(catalogue: PromptCatalogue) -> None:
     assert ch.variables["IVR_QUEUE"] == "vip" and ch.variables["IVR_LANGUAGE"] == "yue"
 
 
-def test_known_customer_hears_name_region_and_bill_in_peak_window(catalogue: PromptCatalogue) -> None:
+def test_known_customer_hears_name_region_and_bill_in_peak_window(
+    catalogue: PromptCatalogue,
+) -> None:
     t, _, _ = call(catalogue, "13800138000", "2,0")
     said = [e["prompt"] for e in t.of("prompt")]
     assert said[:4] == ["welcome", "greeting_name_region", "bill_statement", "bill_repayment_offer"]
@@ -69,7 +88,9 @@ def test_unknown_shenzhen_landline_gets_cantonese(catalogue: PromptCatalogue) ->
     assert t.outcome.detail["skills"] == "cantonese and any"
 
 
-def test_risk_flagged_customer_goes_to_risk_desk_after_verification(catalogue: PromptCatalogue) -> None:
+def test_risk_flagged_customer_goes_to_risk_desk_after_verification(
+    catalogue: PromptCatalogue,
+) -> None:
     t, _, _ = call(catalogue, "13700000003", "1,2,123456")
     nodes = t.nodes()
     assert nodes.index("verify") < nodes.index("risk_desk")
@@ -102,7 +123,9 @@ def test_transfer_read_back_confirm_and_audit(catalogue: PromptCatalogue) -> Non
     account = "6222020000001234"
     t, _, audit = call(catalogue, "13800138000", f"2,5,123456,{account}#,5000#,1,0")
     readback = next(e for e in t.of("prompt") if e["prompt"] == "transfer_readback")
-    assert "五千元" in readback["text"].replace(" ", "") and "幺二三四" in readback["text"].replace(" ", "")
+    assert "五千元" in readback["text"].replace(" ", "") and "幺二三四" in readback["text"].replace(
+        " ", ""
+    )
     assert account not in repr(t.as_json())
     assert [(a.operation, a.outcome) for a in audit.entries] == [("transfer", "confirmed")]
     entry = audit.entries[0]
@@ -110,8 +133,12 @@ def test_transfer_read_back_confirm_and_audit(catalogue: PromptCatalogue) -> Non
     assert "operation_done" in [e["prompt"] for e in t.of("prompt")]
 
 
-@pytest.mark.parametrize(("answer", "outcome"), [("t", "cancelled:silence"), ("h", "cancelled:hangup")])
-def test_transfer_silence_or_hangup_cancels(catalogue: PromptCatalogue, answer: str, outcome: str) -> None:
+@pytest.mark.parametrize(
+    ("answer", "outcome"), [("t", "cancelled:silence"), ("h", "cancelled:hangup")]
+)
+def test_transfer_silence_or_hangup_cancels(
+    catalogue: PromptCatalogue, answer: str, outcome: str
+) -> None:
     t, _, audit = call(catalogue, "13800138000", f"2,5,123456,6222020000001234#,5000#,{answer}")
     assert [a.outcome for a in audit.entries] == [outcome]
     assert "operation_done" not in [e["prompt"] for e in t.of("prompt")]
@@ -137,19 +164,33 @@ def test_out_of_hours_agent_request(catalogue: PromptCatalogue) -> None:
     assert t.outcome is not None and t.outcome.kind == "hangup"
 
 
-def test_silence_in_the_main_menu_escalates_then_reaches_a_person(catalogue: PromptCatalogue) -> None:
+def test_silence_in_the_main_menu_escalates_then_reaches_a_person(
+    catalogue: PromptCatalogue,
+) -> None:
     t, _, _ = call(catalogue, "13800138000", "2,t,t,t")
     said = [e["prompt"] for e in t.of("prompt")]
-    assert said[said.index("main_menu"):] == [
-        "main_menu", "no_input_1", "main_menu_short", "no_input_2", "main_menu_short",
-        "no_input_3", "operator", "survey_invite",
+    assert said[said.index("main_menu") :] == [
+        "main_menu",
+        "no_input_1",
+        "main_menu_short",
+        "no_input_2",
+        "main_menu_short",
+        "no_input_3",
+        "operator",
+        "survey_invite",
     ]
     assert t.outcome is not None and t.outcome.kind == "queue"
 
 
 def test_survey_flow(catalogue: PromptCatalogue, tmp_path: Path) -> None:
-    t, ch, _ = try_flow(flows_dir=FLOWS, flow="survey", caller="13800138000", script="9,4", data=DATA,
-                        catalogue=catalogue)
+    t, ch, _ = try_flow(
+        flows_dir=FLOWS,
+        flow="survey",
+        caller="13800138000",
+        script="9,4",
+        data=DATA,
+        catalogue=catalogue,
+    )
     assert [e["status"] for e in t.of("input")] == ["no-match", "match"]
     assert ("score", "4") in [(e["name"], e["value"]) for e in t.of("set")]
     assert t.outcome is not None and t.outcome.detail["reason"] == "survey answered"

@@ -5,11 +5,10 @@ from collections.abc import Mapping
 
 import pytest
 
-from ivr_engine.flow.fake import FakeChannel, TextPrompts
 from ivr_engine.flow.channel import CallerInfo
+from ivr_engine.flow.fake import FakeChannel, MemoryAudit, TextPrompts, Transcript
 from ivr_engine.flow.interpreter import Interpreter, cn_id_ok, language_chain, luhn_ok
 from ivr_engine.flow.services import DialplanQueueGateway, QueueRequest, Services
-from ivr_engine.flow.fake import MemoryAudit, Transcript
 from tests.unit.flow.flow_helpers import CST, NOON, flows, run
 
 MENU = """\
@@ -54,10 +53,14 @@ async def test_no_input_and_no_match_are_counted_separately() -> None:
 async def test_escalating_prompts_then_short_reprompt() -> None:
     r = await run(flows(MENU), "t,t,8,1,1")
     assert r.prompts() == [
-        "hello", "main_long",
-        "ni_1", "main_short",   # first silence: first escalation, then the short menu
-        "ni_2", "main_short",   # second silence: the second escalation
-        "nm_1", "main_short",   # a wrong key has its own escalation list
+        "hello",
+        "main_long",
+        "ni_1",
+        "main_short",  # first silence: first escalation, then the short menu
+        "ni_2",
+        "main_short",  # second silence: the second escalation
+        "nm_1",
+        "main_short",  # a wrong key has its own escalation list
         "sub",
     ]
 
@@ -153,7 +156,9 @@ TEN = NOON.replace(hour=10)
 BAD = "4111111111111112"
 
 
-async def test_collect_luhn_terminator_inter_digit_and_masking(caplog: pytest.LogCaptureFixture) -> None:
+async def test_collect_luhn_terminator_inter_digit_and_masking(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     fs = flows(COLLECT)
     r = await run(fs, f"{BAD}#,{GOOD}#,1234567,1")
@@ -327,8 +332,13 @@ async def test_lookup_language_schedule_subflow_queue() -> None:
     assert vip.calls == [{"number": "13800138000"}]  # type: ignore[attr-defined]
     assert r.outcome.kind == "queue"
     assert r.queue.requests[0] == QueueRequest(
-        call_id="try-1", queue="vip", skills="lang_yue", priority=10, language="yue",
-        data={"tier": "vip", "tries": "2"}, timeout=600.0,
+        call_id="try-1",
+        queue="vip",
+        skills="lang_yue",
+        priority=10,
+        language="yue",
+        data={"tier": "vip", "tries": "2"},
+        timeout=600.0,
     )
     assert ("call.lang", "yue") in [(e["name"], e["value"]) for e in r.transcript.of("set")]
 
@@ -365,17 +375,37 @@ async def test_schedule(when: dt.datetime, reason: str) -> None:
 
 async def test_queue_timeout_then_transfer_busy() -> None:
     fs = flows(SERVICES, SUBFLOW)
-    r = await run(fs, "1", flow="main", sources={"cif.caller": source({"tier": "x"})}, at=NOON.replace(hour=10),
-                  queue_outcome="timeout", transfer_status="busy")
+    r = await run(
+        fs,
+        "1",
+        flow="main",
+        sources={"cif.caller": source({"tier": "x"})},
+        at=NOON.replace(hour=10),
+        queue_outcome="timeout",
+        transfer_status="busy",
+    )
     assert r.nodes()[-3:] == ["q", "xfer", "closed"]
-    r = await run(fs, "1", flow="main", sources={"cif.caller": source({"tier": "x"})}, at=NOON.replace(hour=10),
-                  queue_outcome="timeout", transfer_status="answered")
+    r = await run(
+        fs,
+        "1",
+        flow="main",
+        sources={"cif.caller": source({"tier": "x"})},
+        at=NOON.replace(hour=10),
+        queue_outcome="timeout",
+        transfer_status="answered",
+    )
     assert r.outcome.kind == "transfer" and r.outcome.detail["to"] == "PJSIP/backoffice"
 
 
 async def test_hangup_runs_on_hangup_without_the_caller() -> None:
     fs = flows(SERVICES, SUBFLOW)
-    r = await run(fs, "h", flow="main", sources={"cif.caller": source({"tier": "x"})}, at=NOON.replace(hour=10))
+    r = await run(
+        fs,
+        "h",
+        flow="main",
+        sources={"cif.caller": source({"tier": "x"})},
+        at=NOON.replace(hour=10),
+    )
     assert r.outcome.kind == "caller_hangup"
     assert r.nodes()[-2:] == ["gone", "gone_end"]
     assert ("n", "-1") in [(e["name"], e["value"]) for e in r.transcript.of("set")]
@@ -385,7 +415,13 @@ async def test_runtime_error_goes_to_on_error() -> None:
     text = SERVICES.replace("priority: prio[cust.tier] + n", "priority: prio[cust.tier] / n")
     text = text.replace("q:\n    type: queue", "q:\n    type: queue")
     fs = flows(text.replace("prio[cust.tier] / n", "int(prio[cust.tier] / n)"), SUBFLOW)
-    r = await run(fs, "1", flow="main", sources={"cif.caller": source({"tier": "x"})}, at=NOON.replace(hour=10))
+    r = await run(
+        fs,
+        "1",
+        flow="main",
+        sources={"cif.caller": source({"tier": "x"})},
+        at=NOON.replace(hour=10),
+    )
     assert r.outcome.detail.get("reason") == "error"  # division by zero -> on_error route
 
 
@@ -409,8 +445,11 @@ async def test_subflow_depth_limit() -> None:
     chain = []
     for i in range(4):
         nxt = f"f{i + 1}"
-        body = (f"  s: {{type: subflow, flow: {nxt}, next: r}}\n  r: {{type: return}}\n" if i < 3
-                else "  s: {type: return}\n")
+        body = (
+            f"  s: {{type: subflow, flow: {nxt}, next: r}}\n  r: {{type: return}}\n"
+            if i < 3
+            else "  s: {type: return}\n"
+        )
         chain.append(f"flow: f{i}\nmax_subflow_depth: 2\nstart: s\nnodes:\n{body}")
     fs = flows(*chain)
     r = await run(fs, "", flow="f0")
@@ -420,13 +459,22 @@ async def test_subflow_depth_limit() -> None:
 async def test_dialplan_queue_gateway_sets_channel_variables() -> None:
     fs = flows(SERVICES, SUBFLOW)
     transcript = Transcript()
-    services = Services({"cif.caller": source({"tier": "vip"})}, DialplanQueueGateway(), MemoryAudit(), transcript)
+    services = Services(
+        {"cif.caller": source({"tier": "vip"})}, DialplanQueueGateway(), MemoryAudit(), transcript
+    )
     channel = FakeChannel(CallerInfo("13926000001"), "1")
-    out = await Interpreter(fs, services, TextPrompts(), clock=lambda: NOON.replace(hour=10)).run(channel, "main")
+    out = await Interpreter(fs, services, TextPrompts(), clock=lambda: NOON.replace(hour=10)).run(
+        channel, "main"
+    )
     assert out.kind == "queue" and out.detail["result"] == "handed_off"
     assert channel.variables == {
-        "IVR_NEXT": "queue", "IVR_QUEUE": "vip", "IVR_PRIORITY": "10", "IVR_SKILLS": "lang_yue",
-        "IVR_LANGUAGE": "yue", "IVR_DATA_TIER": "vip", "IVR_DATA_TRIES": "2",
+        "IVR_NEXT": "queue",
+        "IVR_QUEUE": "vip",
+        "IVR_PRIORITY": "10",
+        "IVR_SKILLS": "lang_yue",
+        "IVR_LANGUAGE": "yue",
+        "IVR_DATA_TIER": "vip",
+        "IVR_DATA_TRIES": "2",
     }
 
 
@@ -456,7 +504,12 @@ def test_checks() -> None:
 
 async def test_cancellation_propagates() -> None:
     fs = flows(SERVICES, SUBFLOW)
-    services = Services({"cif.caller": source({"tier": "x"}, delay=10)}, DialplanQueueGateway(), MemoryAudit(), Transcript())
+    services = Services(
+        {"cif.caller": source({"tier": "x"}, delay=10)},
+        DialplanQueueGateway(),
+        MemoryAudit(),
+        Transcript(),
+    )
     flow = fs.flows["main"]
     assert flow.nodes["who"]
     interp = Interpreter(fs, services, TextPrompts())

@@ -50,7 +50,11 @@ def test_every_error_has_path_line_col_and_node() -> None:
         """
     )
     assert "main.yaml:5:5: error: node 'hello': node 'hello' needs 'next'" in errs
-    assert "main.yaml:7:5: error: node 'hello': unknown field 'nxt' in node 'hello' (did you mean 'next'?)" in errs
+    assert (
+        "main.yaml:7:5: error: node 'hello': "
+        "unknown field 'nxt' in node 'hello' (did you mean 'next'?)"
+        in errs
+    )
 
 
 def test_yaml_syntax_error_is_located() -> None:
@@ -169,8 +173,9 @@ def test_silence_loop_through_a_menu_is_unbounded() -> None:
 
 
 def test_key_press_loops_are_fine() -> None:
-    assert errors_of(
-        """\
+    assert (
+        errors_of(
+            """\
         flow: demo
         start: m
         nodes:
@@ -183,7 +188,9 @@ def test_key_press_loops_are_fine() -> None:
           info: {type: play, prompt: i, next: m}
           end: {type: hangup}
         """
-    ) == []
+        )
+        == []
+    )
 
 
 CATALOGUE = FakeCatalogue(
@@ -250,7 +257,10 @@ SENSITIVE = """\
     ("prompt", "error"),
     [
         ("{prompt: readback, vars: {amount: 1, card: pin}}", None),
-        ("{prompt: readback, vars: {amount: len(pin), card: '1'}}", "would speak sensitive 'len(pin)'"),
+        (
+            "{prompt: readback, vars: {amount: len(pin), card: '1'}}",
+            "would speak sensitive 'len(pin)'",
+        ),
         ("{say: masked, value: pin}", None),
         ("{say: digits, value: pin}", "with say digits; only 'masked' may"),
         ("{prompt: readback, vars: {amount: 1, card: mask(pin)}}", None),
@@ -266,11 +276,17 @@ def test_sensitive_values_are_only_spoken_masked(prompt: str, error: str | None)
 
 def test_sensitive_values_cannot_leak_into_plain_variables_queue_data_or_audit() -> None:
     base = textwrap.dedent(SENSITIVE).replace("PROMPT", "welcome")
-    leak_set = base.replace("next: check}", "next: copy}\n  copy: {type: set, vars: {shown: pin}, next: check}")
-    assert any("reads a sensitive value; 'shown' is not sensitive" in e for e in errors_of(leak_set))
+    leak_set = base.replace(
+        "next: check}", "next: copy}\n  copy: {type: set, vars: {shown: pin}, next: check}"
+    )
+    assert any(
+        "reads a sensitive value; 'shown' is not sensitive" in e for e in errors_of(leak_set)
+    )
     ok_set = leak_set.replace("vars: {shown: pin}", "vars: {shown: mask(pin)}")
     assert not [e for e in errors_of(ok_set) if "sensitive" in e]
-    leak_queue = base.replace("  end: {type: hangup}", "  end:\n    type: queue\n    queue: q\n    data: {p: pin}")
+    leak_queue = base.replace(
+        "  end: {type: hangup}", "  end:\n    type: queue\n    queue: q\n    data: {p: pin}"
+    )
     assert "type: queue" in leak_queue
     assert any("queue data 'p' reads a sensitive value" in e for e in errors_of(leak_queue))
     plain_collect = base.replace("    sensitive: true\n    max_digits", "    max_digits")
@@ -423,6 +439,7 @@ def test_schedule_hours_and_holidays_are_validated() -> None:
 
 # ------------------------------------------------------------------------------------- fuzzing
 
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=300))
 def test_fuzz_any_text_gives_a_model_or_diagnostics(text: str) -> None:
@@ -431,15 +448,56 @@ def test_fuzz_any_text_gives_a_model_or_diagnostics(text: str) -> None:
 
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 100), st.text(max_size=12),
-    st.sampled_from(["menu", "play", "collect", "a", "b", "end", "x > 1", "{x}", "'q'", "#", "08:00-20:00"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 100),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["menu", "play", "collect", "a", "b", "end", "x > 1", "{x}", "'q'", "#", "08:00-20:00"]
+    ),
 )
 _keys = st.sampled_from(
-    ["flow", "start", "nodes", "type", "next", "prompt", "options", "no_input", "no_match", "max", "exit",
-     "vars", "var", "cases", "when", "goto", "default", "a", "b", "end", "1", "sources", "params", "fields",
-     "hours", "queue", "priority", "data", "sensitive", "max_digits", "validate", "pattern", "hotkeys"]
+    [
+        "flow",
+        "start",
+        "nodes",
+        "type",
+        "next",
+        "prompt",
+        "options",
+        "no_input",
+        "no_match",
+        "max",
+        "exit",
+        "vars",
+        "var",
+        "cases",
+        "when",
+        "goto",
+        "default",
+        "a",
+        "b",
+        "end",
+        "1",
+        "sources",
+        "params",
+        "fields",
+        "hours",
+        "queue",
+        "priority",
+        "data",
+        "sensitive",
+        "max_digits",
+        "validate",
+        "pattern",
+        "hotkeys",
+    ]
 )
-_docs = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=6)), max_leaves=40)
+_docs = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=6)),
+    max_leaves=40,
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
