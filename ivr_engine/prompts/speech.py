@@ -19,6 +19,9 @@ Mandarin (cmn)
   - Dates: 二零二六年十一月二十八日 (year digit by digit). Times, 24-hour: 十四点三十分,
     十四点零五分, 两点整.
   - `number` is a count, `ordinal` a rank: 第二 (二 even for 2), 第十一.
+  - Tone sandhi of 一 (the synthesizer does not apply it): yì before 千/百 and in a quantity of
+    exactly one (一元, 一角, 一点), yí before 万/亿. Same character in transcripts; a separate
+    sound (`num/1_tone4`, `num/1_tone2`). Dates, digit strings and 十一 keep yī.
   - Digit strings: one by one, 1 as 幺 (the telephone convention, avoids confusing 一 and 七);
     used for account and phone numbers and for masked reads.
 Cantonese (yue)
@@ -104,6 +107,9 @@ def _zh_vocabulary(trad: bool) -> dict[str, str]:
     })
     if not trad:
         v["num/yao"] = "幺"
+        # 一 changes tone before another syllable (tone sandhi): yì qiān, yì bǎi, yí wàn, yí yì.
+        v["num/1_tone4"] = "一"
+        v["num/1_tone2"] = "一"
     return v
 
 
@@ -309,6 +315,28 @@ def zh_integer(n: int, *, yue: bool = False, count: bool = False) -> list[str]:
     return out
 
 
+_BEFORE_TONE4 = frozenset({"word/tenthousand", "word/hundredmillion"})  # 万 wàn, 亿 yì
+_MULTIPLIERS = frozenset({"word/hundred", "word/thousand"})  # 百 bǎi, 千 qiān
+_MEASURES = frozenset({"word/yuan", "word/jiao", "word/fen", "word/hour"})  # 元 角 分 点
+
+
+def _cmn_tone_sandhi(keys: list[str]) -> list[str]:
+    """Mandarin 一 before a unit: yí before a 4th tone (一万, 一亿), yì before the others
+    (一千, 一百, and a quantity of exactly one: 一元, 一角, 一分, 一点). Not at the end of a
+    longer number (十一元 is shí yī yuán) nor in dates, digit strings or 一十."""
+    out = list(keys)
+    for i, key in enumerate(keys[:-1]):
+        if key != "num/1":
+            continue
+        nxt = keys[i + 1]
+        starts = i == 0 or not (keys[i - 1].startswith("num/") or keys[i - 1] == "word/ten")
+        if nxt in _BEFORE_TONE4:
+            out[i] = "num/1_tone2"
+        elif nxt in _MULTIPLIERS or (nxt in _MEASURES and starts):
+            out[i] = "num/1_tone4"
+    return out
+
+
 def _zh_money(yuan: int, fen: int, yue: bool) -> list[str]:
     jiao, fen = divmod(fen, 10)
     out: list[str] = []
@@ -436,15 +464,16 @@ def speak(kind: str, value: object, lang: str) -> list[str]:
         raise SpeechValueError(f"no speech rules for language {lang!r}")
     yue = lang == "yue"
     en = lang == "en"
+    sandhi = _cmn_tone_sandhi if lang == "cmn" else list
     if kind == "money":
-        return _en_money(*_money(value)) if en else _zh_money(*_money(value), yue)
+        return _en_money(*_money(value)) if en else sandhi(_zh_money(*_money(value), yue))
     if kind == "number":
         n = _integer(value, "number")
-        return en_integer(n) if en else zh_integer(n, yue=yue, count=True)
+        return en_integer(n) if en else sandhi(zh_integer(n, yue=yue, count=True))
     if kind == "date":
         return _en_date(_date(value)) if en else _zh_date(_date(value), yue)
     if kind == "time":
-        return _en_time(_time(value)) if en else _zh_time(_time(value), yue)
+        return _en_time(_time(value)) if en else sandhi(_zh_time(_time(value), yue))
     if kind == "ordinal":
         n = _ordinal(value)
         return en_ordinal(n) if en else ["word/ordinal"] + zh_integer(n, yue=yue)
@@ -462,6 +491,8 @@ def speak(kind: str, value: object, lang: str) -> list[str]:
 # English names of places that are English words, not pinyin: the English voice says them.
 _ENGLISH_PLACE_NAMES = frozenset({"hong_kong", "macau", "tibet", "inner_mongolia", "taiwan"})
 _ENGLISH_SYNTH_TEXT = {"title/mr": "Mister", "title/ms": "Miz"}
+# The synthesizer always says 一 as yī: a character with the wanted tone stands in for it.
+_MANDARIN_SYNTH_TEXT = {"num/1_tone4": "意", "num/1_tone2": "移"}
 
 
 def synthesis_source(lang: str, key: str) -> tuple[str, str]:
@@ -471,6 +502,8 @@ def synthesis_source(lang: str, key: str) -> tuple[str, str]:
     ("zoo", "zai-amen"), so Chinese names in English prompts are said by the Mandarin voice.
     """
     text = VOCABULARY[lang][key]
+    if lang == "cmn":
+        return lang, _MANDARIN_SYNTH_TEXT.get(key, text)
     if lang != "en":
         return lang, text
     if key in _ENGLISH_SYNTH_TEXT:

@@ -105,7 +105,7 @@ def test_bill_statement_render(real: PromptCatalogue) -> None:
         "到期还款日为二零二六年十一月二十八日"
     )
     assert cmn[0] == Utterance("cmn/bill_statement-1", "您本期账单金额为", "cmn")
-    assert cmn[1] == Utterance("cmn/num/1", "一", "cmn")
+    assert cmn[1] == Utterance("cmn/num/1_tone4", "一", "cmn")  # yì qiān
     yue = real.render("bill_statement", language_chain("yue"), variables)
     assert {u.lang for u in yue} == {"yue"}
     assert "".join(u.text for u in yue).endswith("二零二六年十一月二十八號")

@@ -340,3 +340,31 @@ def test_chinese_names_in_english_are_synthesized_by_the_mandarin_voice() -> Non
     assert synthesis_source("en", "num/5") == ("en", "five")
     assert synthesis_source("yue", "surname/chen") == ("yue", "陳")
     assert VOCABULARY["en"]["surname/xu"] == "Xu"  # transcripts still show pinyin
+
+
+@pytest.mark.parametrize(("kind", "value", "keys"), [
+    ("money", "1", ["num/1_tone4", "word/yuan"]),  # yì yuán
+    ("money", "11", ["word/ten", "num/1", "word/yuan"]),  # shí yī yuán
+    ("money", "1.1", ["num/1_tone4", "word/yuan", "num/1_tone4", "word/jiao"]),
+    ("money", "10001", ["num/1_tone2", "word/tenthousand", "num/0", "num/1", "word/yuan"]),
+    ("number", 1000, ["num/1_tone4", "word/thousand"]),
+    ("number", 110, ["num/1_tone4", "word/hundred", "num/1", "word/ten"]),
+    ("number", 100000000, ["num/1_tone2", "word/hundredmillion"]),
+    ("number", 1, ["num/1"]),
+    ("time", "01:01", ["num/1_tone4", "word/hour", "num/0", "num/1", "word/minute"]),
+    ("date", "2001-01-01", ["num/2", "num/0", "num/0", "num/1", "word/year", "num/1",
+                            "word/month", "num/1", "word/day"]),
+    ("ordinal", 1, ["word/ordinal", "num/1"]),
+])
+def test_mandarin_tone_sandhi_of_yi(kind: str, value: object, keys: list[str]) -> None:
+    assert speak(kind, value, "cmn") == keys
+    # the same number in Cantonese has no sandhi sounds
+    assert not [k for k in speak(kind, value, "yue") if "tone" in k]
+
+
+def test_sandhi_sounds_are_synthesized_from_a_stand_in_with_the_right_tone() -> None:
+    from ivr_engine.prompts.speech import synthesis_source
+
+    assert synthesis_source("cmn", "num/1_tone4") == ("cmn", "意")
+    assert synthesis_source("cmn", "num/1_tone2") == ("cmn", "移")
+    assert VOCABULARY["cmn"]["num/1_tone4"] == VOCABULARY["cmn"]["num/1_tone2"] == "一"
