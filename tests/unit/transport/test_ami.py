@@ -32,13 +32,19 @@ from ivr_engine.protocol.ami import (
     AmiResponse,
     BridgeEnter,
     BridgeLeave,
+    ContactStatus,
+    DeviceStateChange,
+    DialEnd,
+    DtmfBegin,
     DtmfEnd,
     FullyBooted,
     Hangup,
     Newchannel,
     OriginateResponse,
+    PeerStatus,
     PendingAction,
     encode_action,
+    parse_event,
     parse_frame,
 )
 from ivr_engine.transport.ami import (
@@ -355,6 +361,54 @@ def test_dtmf_digits_are_masked_at_parse_time() -> None:
     assert "7" not in repr(f)
     f2 = parse_frame("Event: VarSet\r\nSecret: hunter2\r\n")
     assert "hunter2" not in repr(f2.fields)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "attrs"),
+    [
+        (
+            "Event: DeviceStateChange\nDevice: PJSIP/agent-1001\nState: INUSE",
+            DeviceStateChange,
+            {"device": "PJSIP/agent-1001", "state": "INUSE"},
+        ),
+        (
+            "Event: ContactStatus\nURI: sip:1001@127.0.0.1:5070\nContactStatus: Reachable\n"
+            "AOR: agent-1001\nEndpointName: agent-1001\nRoundtripUsec: 812",
+            ContactStatus,
+            {"contact_status": "Reachable", "aor": "agent-1001", "roundtrip_usec": 812},
+        ),
+        (
+            "Event: PeerStatus\nChannelType: PJSIP\nPeer: PJSIP/agent-1001\n"
+            "PeerStatus: Unreachable",
+            PeerStatus,
+            {"peer": "PJSIP/agent-1001", "peer_status": "Unreachable"},
+        ),
+        (
+            "Event: DialEnd\nChannel: PJSIP/trunk-1\nDestChannel: PJSIP/agent-1001-2\n"
+            "DialStatus: NOANSWER",
+            DialEnd,
+            {"dest_channel": "PJSIP/agent-1001-2", "dial_status": "NOANSWER"},
+        ),
+        (
+            "Event: DTMFBegin\nChannel: PJSIP/trunk-1\nDigit: 5\nDirection: Received",
+            DtmfBegin,
+            {"direction": "Received"},
+        ),
+        (
+            "Event: Hangup\nChannel: PJSIP/trunk-1\nCause: not-a-number",
+            Hangup,
+            {"cause": None},
+        ),
+        ("Event: AgentCalled\nQueue: cards", AmiEvent, {"name": "AgentCalled"}),
+    ],
+)
+def test_events_come_out_typed(text: str, kind: type[AmiEvent], attrs: dict[str, object]) -> None:
+    event = parse_event(parse_frame(text))
+    assert type(event) is kind
+    for attr, value in attrs.items():
+        assert getattr(event, attr) == value
+    if kind is DtmfBegin:
+        assert event.fields["Digit"] == "*" and "5" not in repr(event)
 
 
 def test_list_reply_completes_on_the_complete_event_and_error_ends_at_once() -> None:
