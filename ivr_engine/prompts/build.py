@@ -194,6 +194,15 @@ class PromptBuilder:
         items: Sequence[SoundItem] | None = None,
     ) -> BuildReport:
         """Build what is missing or changed; raise PromptBuildError if any sound failed."""
+        try:
+            return await self._build(force_synth=force_synth, prune=prune, items=items)
+        except OSError as exc:  # the sound directory itself: permissions, disk full
+            where = exc.filename or self.root
+            raise PromptBuildError(f"cannot write {where}: {exc.strerror}") from None
+
+    async def _build(
+        self, *, force_synth: bool, prune: bool, items: Sequence[SoundItem] | None
+    ) -> BuildReport:
         if prune and items is not None:
             raise PromptBuildError("prune needs the whole catalogue: do not pass items with it")
         items = list(self.catalogue.sound_items() if items is None else items)
@@ -274,8 +283,11 @@ class PromptBuilder:
                 else:
                     await _run([sox, "-G", str(recording), *_OUT_FORMAT, str(tmp_out)],
                                stdin=None, seconds=self.timeout)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp_out, out)
+                try:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp_out, out)
+                except OSError as exc:
+                    raise PromptBuildError(f"cannot write {out}: {exc.strerror}") from None
             except PromptBuildError as exc:
                 log.debug("prompt sound %s failed: %s", item.file, exc)
                 report.failed.append((item.file, str(exc)))

@@ -229,3 +229,10 @@ async def test_prune_refuses_a_partial_item_list(tmp_path: Path) -> None:
     cat = make(tmp_path)
     with pytest.raises(PromptBuildError, match="prune needs the whole catalogue"):
         await PromptBuilder(cat).build(items=small_items(cat), prune=True)
+
+
+async def test_unwritable_sound_directory_is_a_build_error(tmp_path: Path) -> None:
+    cat = make(tmp_path)
+    (tmp_path / "sounds").write_text("a file where the directory should be")
+    with pytest.raises(PromptBuildError, match="cannot write"):
+        await PromptBuilder(cat).build(items=small_items(cat))
