@@ -373,7 +373,10 @@ class AmiClient:
         connect_timeout: float | None = None,
         rand: Callable[[], float] = random.random,
         keep_originate_results: int = 1000,
+        events: str = "on",
     ) -> None:
+        """`events` is the Login's event mask: "on", "off" or classes such as "call,system"
+        (fewer classes, less traffic to parse at peak load)."""
         for key in ("ping_interval", "action_timeout"):
             value = getattr(settings, key)
             if not value > 0:
@@ -398,6 +401,7 @@ class AmiClient:
         self._id_prefix = f"ivr-{secrets.token_hex(4)}"
         self._originations: OrderedDict[str, asyncio.Future[OriginateResponse]] = OrderedDict()
         self._keep_originate_results = keep_originate_results
+        self._events = events
         self.version: str | None = None  # AMI protocol version from the banner
 
     def __repr__(self) -> str:
@@ -492,7 +496,7 @@ class AmiClient:
                 "Action": "Login",
                 "Username": self._settings.username,
                 "Secret": self._settings.secret,
-                "Events": "on",
+                "Events": self._events,
             }
             try:
                 await self._send(protocol, login, timeout=self._settings.action_timeout)

@@ -67,6 +67,7 @@ def frame(*pairs: tuple[str, str]) -> bytes:
 class FakeAmi:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.logins: list[dict[str, str]] = []
         self.drop_on: set[str] = set()
         self.silent = False  # stop answering, keep the socket: half-open
         self.fully_booted = True
@@ -134,6 +135,7 @@ class FakeAmi:
     def reply(self, action: str, msg: dict[str, str]) -> list[bytes]:
         aid = ("ActionID", msg.get("actionid", ""))
         if action == "login":
+            self.logins.append(msg)
             if msg.get("username") == "ivr-engine" and msg.get("secret") == SECRET:
                 out = [frame(("Response", "Success"), aid, ("Message", "Authentication accepted"))]
                 if self.fully_booted:
@@ -517,7 +519,8 @@ async def test_a_peer_that_is_not_ami_fails_connect_in_time(
 
 
 async def test_action_success_and_error(fake: FakeAmi) -> None:
-    async with AmiClient(settings(fake.port)) as client:
+    async with AmiClient(settings(fake.port), events="call,system") as client:
+        assert fake.logins[-1]["events"] == "call,system"
         reply = await client.action({"Action": "CoreStatus"})
         assert isinstance(reply, AmiResponse) and reply.success
         assert reply.fields["CoreCurrentCalls"] == "2"
