@@ -51,7 +51,9 @@ class ExprError(FlowError):
 
 
 class ExprRuntimeError(FlowError):
-    """An expression failed while a call ran (division by zero, bad conversion)."""
+    """An expression failed while a call ran (division by zero, bad conversion).
+
+    Messages never quote the value: it may be a PIN."""
 
 
 @dataclass(frozen=True)
@@ -150,13 +152,13 @@ def _to_decimal(v: object) -> Decimal:
     if isinstance(v, Decimal):
         return v
     if isinstance(v, bool):
-        raise ExprRuntimeError(f"not a number: {v!r}")
+        raise ExprRuntimeError(f"not a number (a {type(v).__name__})")
     if isinstance(v, int | float | str):
         try:
             return Decimal(str(v))
         except InvalidOperation:
-            raise ExprRuntimeError(f"not a number: {v!r}") from None
-    raise ExprRuntimeError(f"not a number: {v!r}")
+            raise ExprRuntimeError(f"not a number (a {type(v).__name__})") from None
+    raise ExprRuntimeError(f"not a number (a {type(v).__name__})")
 
 
 def _mask(value: object) -> str:
@@ -177,7 +179,7 @@ def _to_int(v: object) -> int:
             return int(v.strip())
     except ValueError:
         pass
-    raise ExprRuntimeError(f"cannot convert {str(v)[:20]!r} to int")
+    raise ExprRuntimeError(f"cannot convert a {type(v).__name__} value to int")
 
 
 def _to_num(v: object) -> Decimal:
@@ -185,7 +187,7 @@ def _to_num(v: object) -> Decimal:
         try:
             return Decimal(v.strip())
         except InvalidOperation:
-            raise ExprRuntimeError(f"cannot convert {v[:20]!r} to num") from None
+            raise ExprRuntimeError("cannot convert a str value to num") from None
     return _to_decimal(v)
 
 
@@ -648,7 +650,7 @@ def coerce(value: object, t: str) -> object:
             try:
                 return dt.date.fromisoformat(value)
             except ValueError:
-                raise ExprRuntimeError(f"not an ISO date: {value[:20]!r}") from None
+                raise ExprRuntimeError("not an ISO date (YYYY-MM-DD)") from None
         raise ExprRuntimeError(f"cannot convert {type(value).__name__} to date")
     raise ExprRuntimeError(f"unknown type {t!r}")
 

@@ -400,13 +400,25 @@ class Interpreter:
         out: list[Any] = []
         env = state.frame.env
         for ref in prompts:
-            if ref.say is not None and ref.value is not None:
-                utts = self.prompts.say(ref.say, ref.value(env), state.langs)
-                label = f"say:{ref.say}"
-            else:
-                variables = {k: e(env) for k, e in ref.vars}
-                utts = self.prompts.render(ref.prompt, state.langs, variables)
-                label = ref.prompt or ""
+            sensitive = (ref.value is not None and ref.value.sensitive) or any(
+                e.sensitive for _, e in ref.vars
+            )
+            try:
+                if ref.say is not None and ref.value is not None:
+                    utts = self.prompts.say(ref.say, ref.value(env), state.langs)
+                    label = f"say:{ref.say}"
+                else:
+                    variables = {k: e(env) for k, e in ref.vars}
+                    utts = self.prompts.render(ref.prompt, state.langs, variables)
+                    label = ref.prompt or ""
+            except Exception as exc:
+                if not sensitive:
+                    raise
+                # the renderer's message may quote the value; it is a sensitive one
+                what = ref.prompt or f"say {ref.say}"
+                raise FlowRuntimeError(
+                    f"{what} failed with a sensitive value ({type(exc).__name__}; details withheld)"
+                ) from None
             self.services.observer.prompt_played(
                 state.call_id, node, label, " ".join(u.text for u in utts)
             )

@@ -123,6 +123,9 @@ def test_runtime_errors_are_flow_errors_not_python_ones() -> None:
         ev("amount / (n - 7)")
     with pytest.raises(ExprRuntimeError, match="cannot convert"):
         ev("int(name)")
+    with pytest.raises(ExprRuntimeError) as exc:
+        ev("int(pin + 'x')")
+    assert "123456" not in str(exc.value)
 
 
 def test_coerce() -> None:

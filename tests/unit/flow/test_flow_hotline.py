@@ -2,6 +2,7 @@
 persona of issue 4 ends where the issue says."""
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import pytest
@@ -107,14 +108,17 @@ def test_repeat_group_caller_is_flagged_for_the_agent(catalogue: PromptCatalogue
     assert ch.variables["IVR_SKILLS"] == "mandarin and corporate"
 
 
-def test_three_wrong_pins_lock_and_route_to_a_person(catalogue: PromptCatalogue) -> None:
+def test_three_wrong_pins_lock_and_route_to_a_person(
+    catalogue: PromptCatalogue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     t, ch, _ = call(catalogue, "13800138000", "2,1,2,111111,222222,333333")
     said = [e["prompt"] for e in t.of("prompt")]
     assert said.count("pin_entry") == 3 and "pin_wrong" in said and "pin_wrong_last" in said
     assert "pin_locked" in said
     assert ch.variables["IVR_DATA_REASON"] == "pin_locked"
     assert ch.variables["IVR_DATA_PIN_FAILURES"] == "3"
-    blob = repr(t.as_json()) + repr(ch.log)
+    blob = repr(t.as_json()) + repr(ch.log) + caplog.text
     for pin in ("111111", "222222", "333333"):
         assert pin not in blob
 

@@ -518,3 +518,21 @@ async def test_cancellation_propagates() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class LeakyPrompts(TextPrompts):
+    """A renderer whose error message quotes the value, as a careless one might."""
+
+    def say(self, kind: str, value: object, langs):  # type: ignore[no-untyped-def]
+        raise ValueError(f"cannot say {value!r}")
+
+
+async def test_renderer_errors_never_carry_a_sensitive_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fs = flows(COLLECT)
+    r = await run(fs, f"{GOOD}#,12#,1", prompts=LeakyPrompts())
+    assert r.outcome.kind == "error"
+    assert "details withheld" in caplog.text
+    assert GOOD not in caplog.text and GOOD not in repr(r.outcome)

@@ -52,8 +52,7 @@ def test_every_error_has_path_line_col_and_node() -> None:
     assert "main.yaml:5:5: error: node 'hello': node 'hello' needs 'next'" in errs
     assert (
         "main.yaml:7:5: error: node 'hello': "
-        "unknown field 'nxt' in node 'hello' (did you mean 'next'?)"
-        in errs
+        "unknown field 'nxt' in node 'hello' (did you mean 'next'?)" in errs
     )
 
 
