@@ -677,6 +677,8 @@ class Interpreter:
                 self.services.observer.variable_set(state.call_id, "call.lang", lang)
             elif lang:
                 log.warning("set %s: unknown language %r ignored", node.id, lang)
+        for name, e in node.channel:
+            await state.channel.set_variable(name, ex.coerce(e(env), "str"))  # type: ignore[arg-type]
         return node.next
 
     async def _lookup(self, state: CallState, node: LookupNode) -> str | None:

@@ -26,6 +26,7 @@ from ivr_engine.flow.model import (
     PromptRef,
     Prompts,
     ReturnNode,
+    SetNode,
     SubflowNode,
 )
 from ivr_engine.flow.yamltree import Diagnostic
@@ -210,7 +211,11 @@ def _check_on_hangup(flow: Flow, out: list[Diagnostic]) -> None:
         return
     for nid in _reach(_edges(flow), [flow.on_hangup]):
         node = flow.nodes[nid]
-        if node.kind in CHANNEL_KINDS or (isinstance(node, HangupNode) and node.prompt):
+        if (
+            node.kind in CHANNEL_KINDS
+            or (isinstance(node, HangupNode) and node.prompt)
+            or (isinstance(node, SetNode) and node.channel)
+        ):
             _err(
                 out,
                 flow,

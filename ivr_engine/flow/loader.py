@@ -58,6 +58,7 @@ from ivr_engine.flow.yamltree import Diagnostic, Y, YMap, YScalar, YSeq, describ
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 SOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+CHANNEL_VAR = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 SAY_KINDS = frozenset({"number", "money", "date", "time", "digits", "masked"})
 RESERVED = (
     frozenset({"caller", "call", "true", "false", "and", "or", "not", "in"}) | ex.FUNCTION_NAMES
@@ -1024,12 +1025,26 @@ class FlowParser:
                 assign.append((name, e))
         elif vy is not None:
             ctx.error("vars must be a mapping of name: expression", vy.loc)
-        if vy is None and language is None and not f.has("language"):
-            ctx.error("a set needs 'vars' or 'language'", f.map.loc)
+        channel: list[tuple[str, ex.Expr]] = []
+        cy = f.raw("channel")
+        if isinstance(cy, YMap):
+            for name, (kl, ey) in cy.entries.items():
+                if not CHANNEL_VAR.match(name):
+                    ctx.error(f"{name!r} is not a channel variable name (A-Z, 0-9, _)", kl)
+                    continue
+                e = self.expr(ey)
+                if e is not None and e.sensitive:
+                    ctx.error(f"channel variable {name} reads a sensitive value", ey.loc)
+                elif e is not None:
+                    channel.append((name, e))
+        elif cy is not None:
+            ctx.error("channel must be a mapping of VARIABLE: expression", cy.loc)
+        if vy is None and cy is None and not f.has("language"):
+            ctx.error("a set needs 'vars', 'channel' or 'language'", f.map.loc)
         if language is not None and language.sensitive:
             ctx.error("language cannot come from a sensitive value", f.key_loc("language"))
         self._need(nxt)
-        return SetNode(node_id, loc, tuple(assign), nxt, language, **common)
+        return SetNode(node_id, loc, tuple(assign), nxt, language, tuple(channel), **common)
 
     def node_lookup(self, node_id: str, loc: Loc, f: _Fields, common: dict[str, Any]) -> Node:
         ctx = self.ctx

@@ -205,6 +205,7 @@ class SetNode(Node):
     assign: tuple[tuple[str, Expr], ...]
     next: str
     language: Expr | None = None
+    channel: tuple[tuple[str, Expr], ...] = ()  # channel variables for the dialplan
     kind = "set"
 
     def targets(self) -> list[tuple[str, str, bool]]:

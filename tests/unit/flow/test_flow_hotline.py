@@ -198,3 +198,34 @@ def test_survey_flow(catalogue: PromptCatalogue, tmp_path: Path) -> None:
     assert [e["status"] for e in t.of("input")] == ["no-match", "match"]
     assert ("score", "4") in [(e["name"], e["value"]) for e in t.of("set")]
     assert t.outcome is not None and t.outcome.detail["reason"] == "survey answered"
+
+
+@pytest.mark.parametrize(
+    ("script", "result"), [("1", "confirmed"), ("2", "reenter"), ("t", "cancelled")]
+)
+def test_agent_sent_confirmation(catalogue: PromptCatalogue, script: str, result: str) -> None:
+    from ivr_engine.flow.channel import CallerInfo
+    from ivr_engine.flow.fake import FakeChannel, MemoryAudit, Transcript
+    from ivr_engine.flow.interpreter import Interpreter
+    from ivr_engine.flow.services import DialplanQueueGateway, Services
+
+    flows = load_paths([FLOWS], catalogue=catalogue).flows
+    assert flows is not None
+    audit = MemoryAudit()
+    services = Services({}, DialplanQueueGateway(), audit, Transcript())
+    channel = FakeChannel(CallerInfo("13800138000"), script)
+    params = {
+        "operation": "transfer",
+        "customer_id": "1002",
+        "amount": "880.00",
+        "account_last4": "1234",
+    }
+    import asyncio
+
+    out = asyncio.run(
+        Interpreter(flows, services, catalogue).run(channel, "agent_confirm", params=params)
+    )
+    assert out.kind == "return" and channel.variables["IVR_CONFIRM"] == result
+    expected = {"confirmed": "confirmed", "reenter": "re-enter", "cancelled": "cancelled:silence"}
+    assert [a.outcome for a in audit.entries] == [expected[result]]
+    assert audit.entries[0].details["by"] == "agent"
