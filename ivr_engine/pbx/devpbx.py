@@ -336,7 +336,7 @@ class DevPbx:
         )
         self.progress(f"pbx up: Asterisk started (pid {pid}); waiting for FullyBooted")
         try:
-            self._probe(timeout=BOOT_TIMEOUT)
+            self._probe(timeout=BOOT_TIMEOUT, starting=self._proc)
         except DevPbxError as exc:
             detail = rootfs.tail(self.state_dir / "asterisk.out", 10)
             self._stop_locked()
@@ -351,11 +351,15 @@ class DevPbx:
         """Log in to AMI as the engine user and wait for FullyBooted."""
         return self._probe(timeout=timeout)
 
-    def _probe(self, *, timeout: float) -> ami_probe.BootInfo:
+    def _probe(
+        self, *, timeout: float, starting: subprocess.Popen[bytes] | None = None
+    ) -> ami_probe.BootInfo:
+        """Wait for FullyBooted; fail at once if `starting` (the process we just launched)
+        exits first."""
         deadline = time.monotonic() + timeout
         while True:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise DevPbxError(f"Asterisk exited during start (exit {self._proc.returncode})")
+            if starting is not None and starting.poll() is not None:
+                raise DevPbxError(f"Asterisk exited during start (exit {starting.returncode})")
             try:
                 return ami_probe.wait_fully_booted(
                     "127.0.0.1",
