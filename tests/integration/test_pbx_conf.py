@@ -73,7 +73,7 @@ def test_every_configured_object_exists(dev_pbx: DevPbx) -> None:
     ident = dev_pbx.cli("pjsip show identifies")
     assert "devtrunk" in ident and "127.0.0.1/32" in ident
     assert "transport-udp" in dev_pbx.cli("pjsip show transports")
-    for ctx in ("from-trunk", "ivr-next", "operators", "agents"):
+    for ctx in ("from-trunk", "ivr-next", "operators", "supervise", "ivr-record", "agents"):
         assert f"Context '{ctx}'" in dev_pbx.cli(f"dialplan show {ctx}"), ctx
     assert "AGI(${IVR_AGI_URL}/hotline)" in dev_pbx.cli("dialplan show 4008@from-trunk")
     assert "IVR_AGI_URL=agi://127.0.0.1:4573" in dev_pbx.cli("dialplan show globals")
