@@ -391,6 +391,13 @@ def test_ami_users_get_only_their_classes(dev_pbx: DevPbx) -> None:
         assert _refused(engine.action("GetConfig", Filename="manager.conf"))
         assert _refused(engine.action("UpdateConfig", SrcFilename="x.conf", DstFilename="y.conf"))
         assert _refused(engine.action("Reload"))
+        # Originate of applications that run programs or write files needs `system` write.
+        for app in ("System", "TrySystem", "Exec", "AGI", "MixMonitor"):
+            reply = engine.action(
+                "Originate", Channel="Local/600@agents", Application=app, Data="true", Async="true"
+            )
+            assert reply.get("Response") == "Error", app
+            assert "Forbidden" in (reply.get("Message") or ""), (app, reply)
         # ... but what it needs works.
         assert engine.action("CoreShowChannels").get("Response") == "Success"
         assert engine.action("QueueStatus", Queue="operators").get("Response") == "Success"
