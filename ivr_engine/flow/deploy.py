@@ -215,8 +215,12 @@ class FlowRegistry:
         *,
         entry: str | None = None,
         catalogue: Any = None,
+        fallback: str | Path | None = None,
     ):
+        """`source`: a deploy directory (its `current` version) or a flows directory.
+        `fallback`: the flows directory to read while nothing has been deployed yet."""
         self.source = Path(source)
+        self.fallback = Path(fallback) if fallback is not None else None
         self.entry = entry
         self.catalogue = catalogue
         self._current: FlowSet | None = None
@@ -224,15 +228,17 @@ class FlowRegistry:
     def _paths(self) -> list[Path]:
         store = FlowStore(self.source)
         path = store.current_path()
-        return [path] if path is not None else [self.source]
+        if path is not None:
+            return [path]
+        return [self.fallback if self.fallback is not None else self.source]
 
     def current(self) -> FlowSet:
         if self._current is None:
             self.reload()
-        assert_loaded = self._current
-        if assert_loaded is None:
+        loaded = self._current
+        if loaded is None:
             raise FlowError("no flows loaded")
-        return assert_loaded
+        return loaded
 
     def reload(self) -> FlowSet:
         """Load the current version; on any error keep the old set and raise FlowError."""

@@ -47,7 +47,14 @@ from ivr_engine.flow.model import (
     SwitchNode,
     TransferNode,
 )
-from ivr_engine.flow.services import AuditEntry, FlowOutcome, QueueOutcome, QueueRequest, Services
+from ivr_engine.flow.services import (
+    AuditEntry,
+    FlowOutcome,
+    PromptRenderer,
+    QueueOutcome,
+    QueueRequest,
+    Services,
+)
 from ivr_engine.log import call_id_var
 
 log = logging.getLogger(__name__)
@@ -132,6 +139,7 @@ class Frame:
 class CallState:
     call_id: str
     channel: CallChannel
+    flows: FlowSet
     langs: tuple[str, ...]
     frames: list[Frame]
     heard: set[tuple[str, str]] = field(default_factory=set)
@@ -161,7 +169,7 @@ class Interpreter:
         self,
         flows: FlowSet,
         services: Services,
-        prompts: Any,
+        prompts: PromptRenderer,
         *,
         clock: Callable[[], dt.datetime] | None = None,
         max_steps: int = MAX_STEPS,
@@ -196,34 +204,46 @@ class Interpreter:
         *,
         params: Mapping[str, object] | None = None,
         answer: bool = True,
+        flows: FlowSet | None = None,
     ) -> FlowOutcome:
-        """Run the call to its end; never raises except CancelledError."""
+        """Run the call to its end; never raises except CancelledError.
+
+        `flows` is the flow set this call uses to its end (the registry's current one when the
+        call started); default: the set the interpreter was built with."""
         call_id = channel.call_id
         token = call_id_var.set(call_id)
         try:
-            return await self._run(channel, flow_name, params or {}, answer)
+            return await self._run(channel, flows or self.flows, flow_name, params or {}, answer)
         finally:
             call_id_var.reset(token)
 
     async def _run(
         self,
         channel: CallChannel,
+        flows: FlowSet,
         flow_name: str | None,
         params: Mapping[str, object],
         answer: bool,
     ) -> FlowOutcome:
-        name = flow_name or self.flows.entry
-        flow = self.flows.flows.get(name or "")
-        if flow is None:
-            log.error("no flow %r to run; sending the call back to the dialplan", name)
-            out = FlowOutcome("error", name or "", "", MappingProxyType({"reason": "no such flow"}))
+        name = flow_name or flows.entry or ""
+        flow = flows.flows.get(name)
+        state = None
+        if flow is not None:
+            state = CallState(
+                channel.call_id, channel, flows, language_chain(flow.language, flow.language), []
+            )
+            try:
+                state.frames.append(self._frame(state, flow, None, params))
+            except FlowError as exc:
+                log.error("cannot start flow %r: %s", name, exc)
+                state = None
+        if flow is None or state is None:
+            if flow is None:
+                log.error("no flow %r to run; sending the call back to the dialplan", name)
+            out = FlowOutcome("error", name, "", MappingProxyType({"reason": "cannot start"}))
             await self._fallback(channel)
             self.services.observer.flow_ended(channel.call_id, out)
             return out
-        state = CallState(
-            channel.call_id, channel, language_chain(flow.language, flow.language), []
-        )
-        state.frames.append(self._frame(state, flow, None, params))
         try:
             if answer:
                 await channel.answer()
@@ -409,7 +429,7 @@ class Interpreter:
                     label = f"say:{ref.say}"
                 else:
                     variables = {k: e(env) for k, e in ref.vars}
-                    utts = self.prompts.render(ref.prompt, state.langs, variables)
+                    utts = self.prompts.render(ref.prompt or "", state.langs, variables)
                     label = ref.prompt or ""
             except Exception as exc:
                 if not sensitive:
@@ -724,7 +744,7 @@ class Interpreter:
         return node.error
 
     async def _subflow(self, state: CallState, node: SubflowNode) -> str | None:
-        callee = self.flows.get(node.flow)
+        callee = state.flows.get(node.flow)
         if len(state.frames) >= state.frame.flow.max_subflow_depth + 1:
             raise FlowRuntimeError(f"subflow depth above {state.frame.flow.max_subflow_depth}")
         env = state.frame.env

@@ -98,3 +98,13 @@ async def test_sighup_reloads(tmp_path: Path) -> None:
         assert registry.current().version == store.current_version()
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
+
+
+def test_registry_reads_the_flows_directory_until_something_is_deployed(tmp_path: Path) -> None:
+    src = write(tmp_path / "flows", GOOD)
+    registry = FlowRegistry(tmp_path / "deploy", fallback=src)
+    before = registry.current()
+    store = FlowStore(tmp_path / "deploy")
+    write(src, GOOD.replace("welcome", "greeting"))
+    version = store.deploy([src])[0]
+    assert registry.reload().version == version != before.version

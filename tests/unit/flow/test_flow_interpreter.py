@@ -536,3 +536,21 @@ async def test_renderer_errors_never_carry_a_sensitive_value(
     assert r.outcome.kind == "error"
     assert "details withheld" in caplog.text
     assert GOOD not in caplog.text and GOOD not in repr(r.outcome)
+
+
+async def test_each_call_keeps_the_flow_set_it_started_with() -> None:
+    old = flows(MENU)
+    new = flows(MENU.replace("prompt: hello", "prompt: hello_v2"))
+    transcript = Transcript()
+    interp = Interpreter(
+        old, Services({}, DialplanQueueGateway(), MemoryAudit(), transcript), TextPrompts()
+    )
+    await interp.run(FakeChannel(CallerInfo("1"), "0"), "demo", flows=new)
+    assert transcript.of("prompt")[0]["prompt"] == "hello_v2"
+
+
+async def test_bad_parameters_fall_back_instead_of_raising() -> None:
+    fs = flows(SUBFLOW)
+    r = await run(fs, "1", flow="sub", params={"nosuch": 1})
+    assert r.outcome.kind == "error"
+    assert r.channel.variables["IVR_NEXT"] == "fallback"
