@@ -298,7 +298,7 @@ class Transcript:
                 shown = e["digits"] or "(silence)"
                 out.append(f"    caller: {shown} -> {e['status']}")
             elif kind == "set":
-                out.append(f"    {e['name']} = {e['value']}")
+                out.append(f"    {e['name']} = {e['value'] if e['value'] != '' else chr(34) * 2}")
         if self.outcome is not None:
             detail = ", ".join(f"{k}={v}" for k, v in self.outcome.detail.items() if v != "")
             out.append(
