@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ivr_engine.commands.flows import try_flow
 from ivr_engine.flow.loader import load_paths
@@ -229,3 +231,64 @@ def test_agent_sent_confirmation(catalogue: PromptCatalogue, script: str, result
     expected = {"confirmed": "confirmed", "reenter": "re-enter", "cancelled": "cancelled:silence"}
     assert [a.outcome for a in audit.entries] == [expected[result]]
     assert audit.entries[0].details["by"] == "agent"
+
+
+_entries = st.one_of(
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+            "6",
+            "*",
+            "#",
+            "t",
+            "123456",
+            "111111#",
+            "4111111111111111#",
+            "6222020000001234#",
+            "5000#",
+            "!1",
+            "!0",
+        ]
+    ),
+    st.text(alphabet="0123456789*#", min_size=1, max_size=8),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    caller=st.sampled_from(
+        [
+            "13926000001",
+            "13800138000",
+            "075582345678",
+            "13700000003",
+            "13500000004",
+            "anonymous",
+            "13912345678",
+        ]
+    ),
+    script=st.lists(_entries, max_size=14),
+    hour=st.sampled_from([3, 10, 23]),
+    day=st.sampled_from([5, 25]),
+)
+def test_random_callers_never_break_the_hotline(
+    catalogue: PromptCatalogue, caller: str, script: list[str], hour: int, day: int
+) -> None:
+    at = dt.datetime(2026, 11, day, hour, 0, tzinfo=CST)
+    t, ch, audit = call(catalogue, caller, ",".join(script), at=at)
+    assert t.outcome is not None
+    assert t.outcome.kind in ("queue", "hangup", "caller_hangup"), t.outcome
+    sensitive_nodes = {"enter", "account", "activate_entry"}
+    for e in t.of("input"):
+        if e["node"] in sensitive_nodes:
+            assert e["digits"] in ("", "******"), e
+    for e in t.of("set"):
+        if e["name"] in ("pin", "to_account", "card_number"):
+            assert e["value"] == "******", e
+    blob = repr(t.as_json()) + repr(ch.log) + repr(audit.entries)
+    assert "4111111111111111" not in blob and "6222020000001234" not in blob
