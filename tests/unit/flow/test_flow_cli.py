@@ -78,3 +78,12 @@ def test_deploy_versions_rollback_commands(
     assert cli.main(["flows", "versions"]) == 0
     assert capsys.readouterr().out.startswith("* ")
     assert cli.main(["flows", "rollback"]) == 1  # nothing earlier
+
+
+def test_bench_prints_its_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    # the numbers themselves are for humans (`ivr-engine flows bench`); here: it runs and reports
+    code = cli.main(["flows", "bench", "--nodes", "60", "--calls", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code in (0, 1)
+    assert out["interpreter"]["nodes"] == 60 and out["interpreter"]["overhead_us_per_node"] > 0
+    assert out["lint"]["lint_s_median"] > 0 and out["lint"]["ratio_lint_to_compose"] > 0
