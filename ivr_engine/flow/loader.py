@@ -74,6 +74,7 @@ class FlowParser(NodeParsers):
                 MappingProxyType({k: v.type for k, v in fields.items()}),
                 frozenset(k for k, v in fields.items() if v.sensitive),
                 kloc,
+                frozenset(k for k, v in params.items() if v.sensitive),
             )
 
     def map_decls(self, y: Y | None) -> dict[str, MapDecl]:

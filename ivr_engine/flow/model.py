@@ -340,6 +340,7 @@ class SourceDecl:
     fields: Mapping[str, str]  # field -> type
     sensitive_fields: frozenset[str]
     loc: Loc
+    sensitive_params: frozenset[str] = frozenset()  # may carry a PIN or a full card number
 
 
 @dataclass(frozen=True)

@@ -360,13 +360,15 @@ class NodeParsers(ParserBase):
             ]
             if missing:
                 ctx.error(f"source {source!r} needs parameter(s) {', '.join(missing)}", loc)
-        if result is not None:
-            if result in self.var_decls or result in RESERVED:
-                ctx.error(
-                    f"result {result!r} clashes with a declared variable", f.key_loc("result")
-                )
-            elif source is not None and self.results.get(result) not in (None, source):
-                pass  # reported in the pre-pass
+            for k, e in params:
+                if e.sensitive and k not in decl.sensitive_params:
+                    ctx.error(
+                        f"{e.source!r} is sensitive but parameter {k!r} of {source!r} is not "
+                        "declared sensitive (the source would not know to protect it)",
+                        f.key_loc("params"),
+                    )
+        if result is not None and (result in self.var_decls or result in RESERVED):
+            ctx.error(f"result {result!r} clashes with a declared variable", f.key_loc("result"))
         self._need(source, timeout, nxt, err)
         return LookupNode(node_id, loc, source, params, result, nxt, err, timeout, **common)
 

@@ -229,7 +229,7 @@ SENSITIVE = """\
       shown: str
     sources:
       cif.check:
-        params: {pin: str}
+        params: {pin: {type: str, sensitive: true}}
         fields: {ok: bool}
     nodes:
       pin:
@@ -515,3 +515,12 @@ def test_fuzz_mutated_real_flow_never_raises(data: st.DataObject) -> None:
     lines[i] = data.draw(st.text(alphabet=" :-{}[]#&*!|>'\"abnexty0123", max_size=20))
     result = load_texts([("fuzz.yaml", "\n".join(lines))])
     assert result.flows is not None or result.errors
+
+
+def test_sensitive_values_only_go_to_sensitive_source_parameters() -> None:
+    text = textwrap.dedent(SENSITIVE).replace("PROMPT", "welcome")
+    plain = text.replace("params: {pin: {type: str, sensitive: true}}", "params: {pin: str}")
+    assert "params: {pin: str}" in plain
+    assert any(
+        "parameter 'pin' of 'cif.check' is not declared sensitive" in e for e in errors_of(plain)
+    )
