@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -86,6 +87,33 @@ def test_every_configured_object_exists(dev_pbx: DevPbx) -> None:
     assert "ivr-engine-tone.wav" in moh or "/var/lib/asterisk/moh/ivr-engine" in moh
     rtp = dev_pbx.cli("rtp show settings")
     assert re.search(r"Port start:\s+10000", rtp) and re.search(r"Port end:\s+10999", rtp), rtp
+
+
+def test_up_reloads_a_changed_config_without_restarting(dev_pbx: DevPbx, tmp_path: Path) -> None:
+    conf = tmp_path / "asterisk-conf"
+    shutil.copytree(CONF, conf)
+    ext = conf / "extensions.conf"
+    ext.write_text(ext.read_text() + "\n[ivr-engine-reload-probe]\nexten => s,1,NoOp(new)\n")
+    # Another checkout's view of the same PBX: same root and state, different config files.
+    other = DevPbx(
+        root=dev_pbx.root,
+        conf_dirs=(conf, TRUNK),
+        ami_user=dev_pbx.ami_user,
+        ami_secret=dev_pbx.ami_secret,
+    )
+    pid = dev_pbx.status().pid
+    try:
+        result = other.up()
+        assert (result.action, result.pid, result.problems) == ("reloaded", pid, ())
+        assert "ivr-engine-reload-probe" in dev_pbx.cli("dialplan show ivr-engine-reload-probe")
+        assert other.up().action == "already-up"
+        assert dev_pbx.status().config_in_sync is False  # from the shipped files' view
+    finally:
+        assert dev_pbx.reload() == []
+    assert dev_pbx.status().config_in_sync is True
+    assert "Context 'ivr-engine-reload-probe'" not in dev_pbx.cli(
+        "dialplan show ivr-engine-reload-probe"
+    )
 
 
 # --------------------------------------------------------------------------- carrier templates
