@@ -16,9 +16,8 @@ import asyncio
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -56,6 +55,7 @@ from ivr_engine.flow.services import (
     Services,
 )
 from ivr_engine.log import call_id_var
+from ivr_engine.prompts import language_chain
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,6 @@ TERM_TIMEOUT = 1.5  # how long a full entry waits for its terminator
 
 class FlowRuntimeError(FlowError):
     """A flow failed while a call ran (bad data, missing source, depth exceeded)."""
-
-
-def language_chain(preferred: str | None, default: str = "cmn") -> tuple[str, ...]:
-    """The fallback chain: yue -> (yue, cmn, en); en -> (en, cmn); None -> (cmn, en).
-
-    Same contract as `ivr_engine.prompts.language_chain`; kept here so the flow layer does not
-    depend on the prompt package's import-time work."""
-    first = preferred if preferred in LANGUAGES else default
-    chain = [first]
-    for lang in (default, "cmn", "en"):
-        if lang not in chain:
-            chain.append(lang)
-    return tuple(chain)
 
 
 # ------------------------------------------------------------------------- built-in checks
@@ -832,14 +819,3 @@ def _brief(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 200 else text[:200] + "..."
 
-
-def as_number(value: object) -> Decimal:
-    return Decimal(str(value))
-
-
-def outcome_summary(outcome: FlowOutcome) -> str:
-    d = dict(outcome.detail)
-    parts: Sequence[str] = [f"{k}={v}" for k, v in d.items() if v != ""]
-    return f"{outcome.kind} at {outcome.flow}/{outcome.node}" + (
-        f" ({', '.join(parts)})" if parts else ""
-    )
