@@ -373,6 +373,152 @@ def test_sipp_call_with_daemon_down_reaches_the_fallback(dev_pbx: DevPbx) -> Non
     assert 3 < took < 30, took
 
 
+INFO_DTMF_CALL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!-- A caller whose equipment sends DTMF as SIP INFO (as the pjsua2 simulator does): it calls
+     [service], presses 5 once answered, and confirms the PBX's BYE. -->
+<scenario name="hotline INFO DTMF">
+  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "SIPp caller" <sip:13800138000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:13800138000@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=sipp 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 8 0
+a=rtpmap:8 PCMA/8000
+a=rtpmap:0 PCMU/8000
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="200" rtd="true"/>
+  <send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "SIPp caller" <sip:13800138000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <pause milliseconds="800"/>
+  <send retrans="500"><![CDATA[
+INFO sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "SIPp caller" <sip:13800138000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 INFO
+Contact: <sip:13800138000@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/dtmf-relay
+Content-Length: [len]
+
+Signal=5
+Duration=160
+]]></send>
+  <recv response="200"/>
+  <recv request="BYE" timeout="20000"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+
+class FakeDaemon:
+    """A minimal FastAGI peer on 127.0.0.1:4573 standing in for ivr-engine: answers, waits
+    for one digit, tells the dialplan IVR_NEXT=hangup, and returns. Records what it saw."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind(("127.0.0.1", AGI_PORT))
+        except OSError as exc:
+            self.sock.close()
+            raise AssertionError(
+                f"127.0.0.1:{AGI_PORT} is taken ({exc}): an ivr-engine daemon is running"
+            ) from None
+        self.sock.listen(1)
+        self.sock.settimeout(30)
+        self.env: dict[str, str] = {}
+        self.replies: list[str] = []
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._serve, name="fake-fastagi", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+            with conn, conn.makefile("rwb") as f:
+                conn.settimeout(15)
+                while (line := f.readline().decode().rstrip("\n")) != "":
+                    key, _, value = line.partition(": ")
+                    self.env[key] = value
+                for cmd in ("ANSWER", "WAIT FOR DIGIT 10000", "SET VARIABLE IVR_NEXT hangup"):
+                    f.write(cmd.encode() + b"\n")
+                    f.flush()
+                    self.replies.append(f.readline().decode().strip())
+        except Exception as exc:  # reported by the test, not lost in the thread
+            self.error = exc
+
+    def close(self) -> None:
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.mark.sip
+def test_trunk_takes_sip_info_dtmf_and_the_next_hook(dev_pbx: DevPbx) -> None:
+    dev_pbx.in_root("/tmp/ivr-engine-info-dtmf.xml").write_text(INFO_DTMF_CALL)
+    mark = dev_pbx.mark()
+    cdr_before = len(_cdr_rows(dev_pbx))
+    daemon = FakeDaemon()
+    try:
+        argv = dev_pbx.sipp_cmd(
+            "-sf", "/tmp/ivr-engine-info-dtmf.xml", "-s", "4008",
+            "-i", "127.0.0.1", "-p", str(_free_udp_port()), "-mp", str(_free_udp_port()),
+            "-m", "1", "-l", "1", "-timeout", "40s", "-timeout_error", "-nostdin",
+            f"127.0.0.1:{dev_pbx.sip_port}",
+        )  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        daemon.close()
+    assert daemon.error is None, daemon.error
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert daemon.env["agi_network_script"] == "hotline"
+    assert daemon.env["agi_callerid"] == "13800138000"
+    assert daemon.env["agi_extension"] == "4008" and daemon.env["agi_context"] == "from-trunk"
+    assert daemon.replies[0] == "200 result=0"
+    assert daemon.replies[1] == f"200 result={ord('5')}"  # the INFO digit reached the AGI
+    assert daemon.replies[2] == "200 result=1"
+    lines = dev_pbx.wait_log_quiet(mark)
+    assert problems(lines) == [] and not [x for x in lines if "ivr-fallback" in x]
+    rows = _cdr_rows(dev_pbx)[cdr_before:]
+    calls = [r for r in rows if r.startswith('"","13800138000",')]
+    assert len(calls) == 1 and '"hangup","ivr-next"' in calls[0], rows
+    assert not calls[0].rstrip().endswith('fallback:agi-failure"')
+
+
 # --------------------------------------------------------------------------- AMI privileges
 class AmiSession:
     def __init__(self, port: int, user: str, secret: str):
