@@ -210,11 +210,13 @@ class DevPbx:
         if not state or "boot_mark" not in state:
             raise DevPbxError("the dev PBX is not running (no boot record)")
         inode, end = state["boot_mark"]
-        st = self.log_path().stat()
-        if st.st_ino != inode:
-            raise DevPbxError("the messages log was replaced since boot")
-        with self.log_path().open("rb") as fh:
-            return fh.read(end).decode("utf-8", "replace").splitlines()
+        try:
+            with self.log_path().open("rb") as fh:
+                if os.fstat(fh.fileno()).st_ino != inode:
+                    raise DevPbxError("the messages log was replaced since boot")
+                return fh.read(end).decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            raise DevPbxError(f"{self.log_path()} is gone (removed since boot?)") from None
 
     def cli_argv(self, command: str | None = None) -> list[str]:
         """`asterisk -rx COMMAND` (or interactive `-r`) in the root."""
@@ -322,6 +324,8 @@ class DevPbx:
                 start_new_session=True,
             )
         except OSError as exc:
+            for point in mounts:
+                self._umount(point)
             raise DevPbxError(f"could not start Asterisk: {exc}") from None
         finally:
             out.close()
