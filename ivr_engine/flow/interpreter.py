@@ -705,8 +705,10 @@ class Interpreter:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # never log params: they may hold a PIN
-            log.warning("lookup %s: %s failed: %s", node.id, node.source, _brief(exc))
+            # never log params, nor a message that may quote them when one is sensitive
+            secret = any(e.sensitive for _, e in node.params)
+            why = type(exc).__name__ + " (details withheld)" if secret else _brief(exc)
+            log.warning("lookup %s: %s failed: %s", node.id, node.source, why)
             return self._lookup_failed(state, node)
         if not isinstance(result, Mapping):
             log.warning(
@@ -818,4 +820,3 @@ class Interpreter:
 def _brief(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 200 else text[:200] + "..."
-

@@ -8,10 +8,12 @@ value could be spoken or sent on, and how deep the menus go.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
+from ivr_engine.flow.expr import Expr
 from ivr_engine.flow.model import (
     CHANNEL_KINDS,
     INPUT_KINDS,
@@ -72,6 +74,7 @@ def check_flow_set(
         _check_returns(flow, out)
         _check_prompts(flow, catalogue, out)
         _check_hotkeys(flow, out)
+        _check_unused(flow, out)
     _check_recursion(flows, out)
     _check_menu_depth(flows, max_menu_depth, out)
     if catalogue is None and flows.flows:
@@ -483,6 +486,33 @@ def _check_prompt_ref(
                 node,
                 f"would speak sensitive {e.source!r} in prompt {ref.prompt!r} unmasked{why}",
                 ref.loc,
+            )
+
+
+def _exprs(value: object) -> Iterator[Expr]:
+    """Every expression inside a node (prompts, cases, assignments, audit details...)."""
+    if isinstance(value, Expr):
+        yield value
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _exprs(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _exprs(getattr(value, f.name))
+
+
+def _check_unused(flow: Flow, out: list[Diagnostic]) -> None:
+    read: set[str] = set()
+    for node in flow.nodes.values():
+        for e in _exprs(node):
+            read.update(e.names)
+    for decl in flow.vars.values():
+        if decl.name not in read:
+            what = "parameter" if decl.name in flow.params else "variable"
+            out.append(
+                Diagnostic(
+                    "warning", f"{what} {decl.name!r} is never read", decl.loc, None, flow.name
+                )
             )
 
 

@@ -554,3 +554,37 @@ async def test_bad_parameters_fall_back_instead_of_raising() -> None:
     r = await run(fs, "1", flow="sub", params={"nosuch": 1})
     assert r.outcome.kind == "error"
     assert r.channel.variables["IVR_NEXT"] == "fallback"
+
+
+async def test_a_failing_source_never_logs_a_sensitive_parameter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    text = """\
+    flow: demo
+    start: pin
+    vars: {pin: {type: str, sensitive: true}}
+    sources:
+      cif.verify_pin:
+        params: {pin: {type: str, sensitive: true}}
+        fields: {ok: bool}
+    nodes:
+      pin:
+        type: collect
+        prompt: enter_pin
+        var: pin
+        sensitive: true
+        max_digits: 6
+        no_input: {max: 1, exit: end}
+        no_match: {max: 1, exit: end}
+        next: check
+      check: {type: lookup, source: cif.verify_pin, params: {pin: pin}, next: end, error: end}
+      end: {type: hangup}
+    """
+
+    async def careless(params: Mapping[str, object]) -> Mapping[str, object]:
+        raise ValueError(f"no customer with PIN {params['pin']}")
+
+    r = await run(flows(text), "654321", sources={"cif.verify_pin": careless})
+    assert "check" in r.nodes() and r.outcome.kind == "hangup"
+    assert "details withheld" in caplog.text and "654321" not in caplog.text

@@ -524,3 +524,11 @@ def test_sensitive_values_only_go_to_sensitive_source_parameters() -> None:
     assert any(
         "parameter 'pin' of 'cif.check' is not declared sensitive" in e for e in errors_of(plain)
     )
+
+
+def test_unread_variables_are_warned_about() -> None:
+    result = load(MINIMAL.replace("start: hello", "start: hello\nvars: {spare: int}"))
+    assert not result.errors
+    assert [d.render() for d in result.warnings if "never read" in d.message] == [
+        "main.yaml:3:8: warning: variable 'spare' is never read"
+    ]
