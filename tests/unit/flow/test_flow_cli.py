@@ -87,3 +87,12 @@ def test_bench_prints_its_numbers(capsys: pytest.CaptureFixture[str]) -> None:
     assert code in (0, 1)
     assert out["interpreter"]["nodes"] == 60 and out["interpreter"]["overhead_us_per_node"] > 0
     assert out["lint"]["lint_s_median"] > 0 and out["lint"]["ratio_lint_to_compose"] > 0
+
+
+def test_try_accepts_a_flow_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["flows", "try", str(ROOT / "flows" / "survey.yaml"), "--input", "5"])
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[survey/ask] collect"
+    assert "    caller: 5 -> match" in out
+    assert out[-1] == "END hangup at survey/thanks: reason=survey answered"
