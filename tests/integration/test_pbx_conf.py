@@ -349,10 +349,27 @@ def test_sipp_call_with_daemon_down_reaches_the_fallback(dev_pbx: DevPbx) -> Non
         f"127.0.0.1:{dev_pbx.sip_port}",
     )  # fmt: skip
     t0 = time.monotonic()
+    pid = dev_pbx.status().pid
+    assert pid is not None
+    seen: set[tuple[str, str, int]] = set()
     with agi_port_refusing():
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            # While the call is up (apology, then "all circuits busy"), watch the sockets.
+            while proc.poll() is None and time.monotonic() - t0 < 60:
+                seen.update(_asterisk_sockets(pid))
+                time.sleep(0.2)
+            out, _ = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
     took = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, out[-3000:]
+    # The call's media went through RTP sockets in rtp.conf's range, on loopback only.
+    lst = dev_pbx.listeners
+    rtp = {s for s in seen if lst.rtp_start <= s[2] <= lst.rtp_end}
+    assert rtp and all(host == "127.0.0.1" for _, host, _ in rtp), seen
     lines = dev_pbx.wait_log_quiet(mark)
     notices = [line for line in lines if "ivr-fallback" in line]
     assert len(notices) == 1 and "reason=agi-failure" in notices[0], lines
