@@ -61,6 +61,12 @@ TRANSITIONS: dict[tuple[str, AgentState], frozenset[AgentState]] = {
 
 EVENTS = frozenset(event for event, _ in TRANSITIONS)
 
+#: The same table indexed event first (what the matcher's hot path looks up).
+BY_EVENT: dict[str, dict[AgentState, frozenset[AgentState]]] = {
+    event: {state: targets for (e, state), targets in TRANSITIONS.items() if e == event}
+    for event in EVENTS
+}
+
 
 def check(agent_id: str, event: str, state: AgentState, target: AgentState) -> AgentState:
     """Return `target` if the table allows `event` to move `state` there; raise otherwise."""

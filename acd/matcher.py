@@ -28,12 +28,13 @@ agents by the queue's strategy key, ties broken by the agent's registration inde
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from collections.abc import Iterable
 from heapq import heapify, heappop, heappush
 from typing import Any
 
 from acd import agent_state
-from acd.agent_state import AgentState
+from acd.agent_state import BY_EVENT, AgentState
 from acd.errors import (
     ConfigurationError,
     IllegalTransition,
@@ -57,7 +58,7 @@ from acd.model import (
     Withdraw,
     check_priority,
 )
-from acd.requirement import Conjunction, Requirement, anchor
+from acd.requirement import MAX_LEVEL, Conjunction, Requirement, anchor
 
 log = logging.getLogger(__name__)
 
@@ -90,24 +91,32 @@ Kind = tuple[int, tuple[str, ...]]
 
 
 class _Heap(list[Any]):
-    """A heap (plain list for heapq) that remembers when it should be compacted next."""
+    """A heap (plain list for heapq) that remembers when it should be compacted next.
 
-    __slots__ = ("limit",)
+    Entries hold only numbers (never objects), so CPython's garbage collector untracks them:
+    millions of heap entries then cost the cyclic collector nothing.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("limit", "live", "bit")
+
+    def __init__(self, slot: int = -1) -> None:
         super().__init__()
         self.limit = MIN_COMPACT
+        self.live = 0  # call heaps: how many entries are live
+        self.bit = 1 << slot if slot >= 0 else 0  # call heaps: bit in Matcher._nonempty
 
 
 class _Req:
-    __slots__ = ("requirement", "idx", "idle", "calls", "kinds")
+    """A distinct requirement: its waiting calls, and where its idle agents are to be found."""
+
+    __slots__ = ("requirement", "idx", "calls", "views")
 
     def __init__(self, requirement: Requirement, idx: int):
         self.requirement = requirement
         self.idx = idx
-        self.idle: dict[tuple[Kind, str], _Heap] = {}
         self.calls: dict[str, _Heap] = {}
-        self.kinds: list[Kind] = []
+        # (strategy kind, channel) -> the idle heaps whose union is exactly the eligible agents
+        self.views: dict[tuple[Kind, str], list[_Heap]] = {}
 
 
 class _Queue:
@@ -127,9 +136,9 @@ class _Queue:
 class _Agent:
     __slots__ = (
         "id", "idx", "spec", "skills", "capacity", "channels", "shared", "load", "total",
-        "state", "reason", "ver", "offer", "avail_since", "busy_time", "busy_start",
+        "state", "reason", "offer", "avail_since", "busy_time", "busy_start",
         "login_time", "handled", "last_offer", "misses", "wrap_epoch", "reqs", "occ",
-        "idle_lists", "call_lists",
+        "li_lists", "idle_lists", "call_masks",
     )  # fmt: skip
 
     def __init__(self, spec: AgentSpec, idx: int):
@@ -137,7 +146,6 @@ class _Agent:
         self.idx = idx
         self.state = LOGGED_OUT
         self.reason: str | None = None
-        self.ver = 0
         self.offer: _Call | None = None
         self.avail_since = 0.0
         self.busy_time = 0.0
@@ -159,14 +167,15 @@ class _Agent:
         self.load = dict.fromkeys(self.channels, 0)
         self.total = 0
         self.reqs: list[_Req] = []
+        self.li_lists: dict[str, list[_Heap]] = {}
         self.idle_lists: dict[str, list[tuple[_Heap, int, int]]] = {}
-        self.call_lists: dict[str, list[_Heap]] = {}
+        self.call_masks: dict[str, int] = {}
 
 
 class _Call:
     __slots__ = (
-        "id", "seq", "queue", "channel", "priority", "enq", "adj", "step", "req", "ver",
-        "state", "agents", "agent", "timed",
+        "id", "seq", "queue", "channel", "priority", "enq", "adj", "step", "req",
+        "state", "agents", "agent", "timed", "heap",
     )  # fmt: skip
 
     def __init__(self, spec: CallSpec, queue: _Queue, seq: int, now: float):
@@ -179,11 +188,11 @@ class _Call:
         self.adj = now - queue.spec.weight
         self.step = 0
         self.req = queue.reqs[0]
-        self.ver = 0
         self.state = NEW
         self.agents: list[_Agent] = []
         self.agent: _Agent | None = None
         self.timed = False
+        self.heap: _Heap | None = None  # the call heap holding it while it waits
 
 
 class _NullScheduler:
@@ -206,20 +215,37 @@ class Matcher:
         self.max_misses = max_misses
         self._queues: dict[str, _Queue] = {}
         self._reqs: dict[Requirement, _Req] = {}
-        self._anchored: dict[str, list[tuple[Conjunction, _Req]]] = {}
-        self._unanchored: list[tuple[Conjunction, _Req]] = []
+        # The index (rebuilt by add_queue): see _rebuild_index.
+        self._bucket_of: dict[str, list[int]] = {}
+        self._atom_reqs: dict[tuple[str, int], list[_Req]] = {}
+        self._atom_kinds: dict[str, list[Kind]] = {}
+        self._multi_by_skill: dict[str, list[Conjunction]] = {}
+        self._multi_free: list[Conjunction] = []
+        self._multi_reqs: dict[Conjunction, list[_Req]] = {}
+        self._multi_kinds: dict[Conjunction, list[Kind]] = {}
+        self._idle_heaps: dict[tuple[Any, ...], _Heap] = {}
         self._agents: dict[str, _Agent] = {}
+        self._by_idx: list[_Agent] = []
+        # Version of each agent (by index): an idle entry is live iff its version is current.
+        self._vers: list[int] = []
         self._calls: dict[str, _Call] = {}
+        self._by_seq: dict[int, _Call] = {}
+        # Waiting calls: sequence -> the one live heap entry (checked by identity).
+        self._live: dict[int, tuple[int, float, int]] = {}
+        # Call heaps by slot, and a bitmask of the slots that hold at least one live call: an
+        # agent that frees up looks only at non-empty heaps among those it is eligible for.
+        self._call_heaps: list[_Heap] = []
+        self._nonempty = 0
         self._call_seq = 0
         self._offer_seq = 0
 
     # ------------------------------------------------------------------ configuration
 
     def add_queue(self, spec: QueueSpec) -> None:
-        """Add or replace a queue. Costs O(agents) when agents are already registered.
+        """Add or replace a queue. Rebuilds the eligibility index: O(agents), not for hot paths.
 
-        Idle agents are re-indexed with the strategy keys they had (no decision is taken: a
-        new queue has no calls yet).
+        Idle agents are re-queued with the strategy keys they had (no decision is taken: a new
+        queue has no calls yet).
         """
         if spec.id in self._queues:
             old = self._queues[spec.id]
@@ -233,62 +259,149 @@ class Matcher:
             if req is None:
                 req = _Req(requirement, len(self._reqs))
                 self._reqs[requirement] = req
-                for conj in requirement.conjunctions:
-                    skill = anchor(conj)
-                    if skill is None:
-                        self._unanchored.append((conj, req))
-                    else:
-                        self._anchored.setdefault(skill, []).append((conj, req))
-            if kind not in req.kinds:
-                req.kinds.append(kind)
             reqs.append(req)
         self._queues[spec.id] = _Queue(spec, reqs, kind)
-        if self._agents:
-            for ag in self._agents.values():
-                self._index_agent(ag)
-                if self._channels_free(ag):
-                    self._push_idle(ag, None)
+        self._rebuild_index()
+        for ag in self._by_idx:
+            self._index_agent(ag)
+            if self._channels_free(ag):
+                self._push_idle(ag, None)
 
-    def _eligible(self, skills: dict[str, int]) -> list[_Req]:
+    def _rebuild_index(self) -> None:
+        """Index the conjunctions of every requirement in force.
+
+        A conjunction that is a single interval on one skill (`cards >= 3`, the common case)
+        is served by per-(skill, level bucket) heaps shared by every requirement: an agent sits
+        in one such heap per skill it holds, and a query looks at the few buckets the interval
+        covers. Bucket boundaries are the interval ends that occur, so buckets never split an
+        interval. Other conjunctions (several skills, or none) get a heap of their own, joined
+        by the agents that satisfy them. An agent is therefore pushed into O(skills + multi-skill
+        conjunctions it satisfies) heaps when it becomes idle, not into one per requirement.
+        """
+        bounds: dict[str, set[int]] = {}
+        atom_kinds: dict[str, list[Kind]] = {}
+        multi_kinds: dict[Conjunction, list[Kind]] = {}
+        for queue in self._queues.values():
+            for req in queue.reqs:
+                for conj in req.requirement.conjunctions:
+                    if len(conj) == 1 and conj[0][1] >= 1:
+                        skill, lo, hi = conj[0]
+                        bounds.setdefault(skill, set()).update((lo, hi + 1))
+                        kinds = atom_kinds.setdefault(skill, [])
+                    else:
+                        kinds = multi_kinds.setdefault(conj, [])
+                    if queue.kind not in kinds:
+                        kinds.append(queue.kind)
+        self._bucket_of = {}
+        for skill, b in bounds.items():
+            edges = sorted(b)
+            self._bucket_of[skill] = [bisect_right(edges, lv) - 1 for lv in range(MAX_LEVEL + 1)]
+        self._atom_kinds = atom_kinds
+        self._multi_kinds = multi_kinds
+        atom_reqs: dict[tuple[str, int], list[_Req]] = {}
+        multi_reqs: dict[Conjunction, list[_Req]] = {}
+        for req in self._reqs.values():
+            req.views = {}
+            for conj in req.requirement.conjunctions:
+                if len(conj) == 1 and conj[0][1] >= 1:
+                    skill, lo, hi = conj[0]
+                    if skill not in self._bucket_of:
+                        continue  # a requirement no queue uses any more
+                    buckets = self._bucket_of[skill]
+                    for bucket in range(buckets[lo], buckets[hi] + 1):
+                        lst = atom_reqs.setdefault((skill, bucket), [])
+                        if req not in lst:
+                            lst.append(req)
+                else:
+                    lst = multi_reqs.setdefault(conj, [])
+                    if req not in lst:
+                        lst.append(req)
+        self._atom_reqs = atom_reqs
+        self._multi_reqs = multi_reqs
+        self._multi_by_skill = {}
+        self._multi_free = []
+        for conj in multi_reqs:
+            skill = anchor(conj)
+            if skill is None:
+                self._multi_free.append(conj)
+            else:
+                self._multi_by_skill.setdefault(skill, []).append(conj)
+        self._idle_heaps = {}
+
+    def _idle_heap(self, key: tuple[Any, ...]) -> _Heap:
+        heap = self._idle_heaps.get(key)
+        if heap is None:
+            heap = self._idle_heaps[key] = _Heap()
+        return heap
+
+    def _view(self, req: _Req, kind: Kind, channel: str) -> list[_Heap]:
+        """The idle heaps that together hold exactly the agents eligible for `req`."""
+        heaps: list[_Heap] = []
+        for conj in req.requirement.conjunctions:
+            if len(conj) == 1 and conj[0][1] >= 1:
+                skill, lo, hi = conj[0]
+                buckets = self._bucket_of[skill]
+                for bucket in range(buckets[lo], buckets[hi] + 1):
+                    heaps.append(self._idle_heap((skill, bucket, kind, channel)))
+            else:
+                heaps.append(self._idle_heap((conj, kind, channel)))
+        req.views[(kind, channel)] = heaps
+        return heaps
+
+    def _index_agent(self, ag: _Agent) -> None:
+        skills = ag.skills
         found: dict[int, _Req] = {}
-        candidates: list[tuple[Conjunction, _Req]] = []
-        for skill in skills:
-            lst = self._anchored.get(skill)
-            if lst:
-                candidates.extend(lst)
-        candidates.extend(self._unanchored)
-        for conj, req in candidates:
-            if req.idx in found:
+        targets: list[tuple[Any, Kind]] = []  # (heap key prefix, kind)
+        for skill, level in skills.items():
+            buckets = self._bucket_of.get(skill)
+            if buckets is None or buckets[level] < 0:
                 continue
+            bucket = buckets[level]
+            for req in self._atom_reqs.get((skill, bucket), ()):
+                found[req.idx] = req
+            for kind in self._atom_kinds[skill]:
+                targets.append(((skill, bucket), kind))
+        candidates: list[Conjunction] = list(self._multi_free)
+        for skill in skills:
+            more = self._multi_by_skill.get(skill)
+            if more:
+                candidates.extend(more)
+        for conj in candidates:
             for s, lo, hi in conj:
                 level = skills.get(s, 0)
                 if level < lo or level > hi:
                     break
             else:
-                found[req.idx] = req
-        return [found[i] for i in sorted(found)]
-
-    def _index_agent(self, ag: _Agent) -> None:
-        reqs = self._eligible(ag.skills)
-        ag.reqs = reqs
+                for req in self._multi_reqs[conj]:
+                    found[req.idx] = req
+                for kind in self._multi_kinds[conj]:
+                    targets.append(((conj,), kind))
+        ag.reqs = [found[i] for i in sorted(found)]
+        li: dict[str, list[_Heap]] = {c: [] for c in ag.channels}
         idle: dict[str, list[tuple[_Heap, int, int]]] = {c: [] for c in ag.channels}
-        calls: dict[str, list[_Heap]] = {c: [] for c in ag.channels}
-        for req in reqs:
-            for kind in req.kinds:
-                code, skills = kind
-                negscore = -sum(ag.skills.get(s, 0) for s in skills) if code == HP else 0
-                for c in ag.channels:
-                    heap = req.idle.get((kind, c))
-                    if heap is None:
-                        heap = req.idle[(kind, c)] = _Heap()
-                    idle[c].append((heap, code, negscore))
+        for prefix, kind in targets:
+            code, score_skills = kind
+            negscore = -sum(skills.get(s, 0) for s in score_skills) if code == HP else 0
             for c in ag.channels:
-                heap = req.calls.get(c)
-                if heap is None:
-                    heap = req.calls[c] = _Heap()
-                calls[c].append(heap)
+                heap = self._idle_heap((*prefix, kind, c))
+                if code == LI:
+                    li[c].append(heap)
+                else:
+                    idle[c].append((heap, code, negscore))
+        masks = dict.fromkeys(ag.channels, 0)
+        for req in ag.reqs:
+            for c in ag.channels:
+                masks[c] |= self._call_heap(req, c).bit
+        ag.li_lists = li
         ag.idle_lists = idle
-        ag.call_lists = calls
+        ag.call_masks = masks
+
+    def _call_heap(self, req: _Req, channel: str) -> _Heap:
+        heap = req.calls.get(channel)
+        if heap is None:
+            heap = req.calls[channel] = _Heap(len(self._call_heaps))
+            self._call_heaps.append(heap)
+        return heap
 
     # ------------------------------------------------------------------ helpers
 
@@ -305,11 +418,11 @@ class Matcher:
         return call
 
     def _move(self, ag: _Agent, event: str, target: AgentState) -> None:
-        allowed = agent_state.TRANSITIONS.get((event, ag.state))
+        allowed = BY_EVENT[event].get(ag.state)
         if allowed is None or target not in allowed:
             raise IllegalTransition(ag.id, event, ag.state.value, target.value)
         ag.state = target
-        ag.ver += 1  # whatever the agent was queued as is no longer true
+        self._vers[ag.idx] += 1  # whatever the agent was queued as is no longer true
 
     def _busy_end(self, ag: _Agent, now: float) -> None:
         ag.busy_time += now - ag.busy_start
@@ -332,67 +445,93 @@ class Matcher:
     def _push_idle(self, ag: _Agent, now: float | None) -> None:
         """Queue the agent as idle in every heap it belongs to; `now` None keeps the keys."""
         chans = self._channels_free(ag)
-        ag.ver += 1
-        ver = ag.ver
-        avail = ag.avail_since
         idx = ag.idx
+        vers = self._vers
+        vers[idx] += 1
+        ver = vers[idx]
+        avail = ag.avail_since
         if now is not None:
             span = now - ag.login_time
             busy = ag.busy_time + (now - ag.busy_start if ag.total else 0.0)
             ag.occ = busy / span if span > 0 else 0.0
-        li = (avail, idx, ver, ag)
-        lo = fc = rr = None
+        li = (avail, idx, ver)
+        push = heappush
         for c in chans:
-            for heap, code, negscore in ag.idle_lists[c]:
-                if code == LI:
-                    entry: tuple[Any, ...] = li
-                elif code == HP:
-                    entry = (negscore, avail, idx, ver, ag)
-                elif code == LO:
-                    if lo is None:
-                        lo = (ag.occ, avail, idx, ver, ag)
-                    entry = lo
-                elif code == FC:
-                    if fc is None:
-                        fc = (ag.handled, avail, idx, ver, ag)
-                    entry = fc
-                else:
-                    if rr is None:
-                        rr = (ag.last_offer, idx, ver, ag)
-                    entry = rr
-                heappush(heap, entry)
+            for heap in ag.li_lists[c]:
+                push(heap, li)
                 if len(heap) > heap.limit:
-                    _compact(heap)
+                    self._compact_agents(heap)
+            for heap, code, negscore in ag.idle_lists[c]:
+                if code == HP:
+                    entry: tuple[Any, ...] = (negscore, avail, idx, ver)
+                elif code == LO:
+                    entry = (ag.occ, avail, idx, ver)
+                elif code == FC:
+                    entry = (ag.handled, avail, idx, ver)
+                else:
+                    entry = (ag.last_offer, idx, ver)
+                push(heap, entry)
+                if len(heap) > heap.limit:
+                    self._compact_agents(heap)
 
     def _agent_free(self, ag: _Agent, now: float, out: list[Decision]) -> None:
         """The agent may have room for work: give it the best waiting call, or queue it idle."""
         chans = self._channels_free(ag)
         if not chans:
             return
-        best: tuple[Any, ...] | None = None
-        best_heap: _Heap | None = None
-        call_lists = ag.call_lists
-        for c in chans:
-            for heap in call_lists[c]:
-                if not heap:
-                    continue
-                entry = heap[0]
-                while entry[3] != entry[4].ver:
-                    heappop(heap)
-                    if not heap:
-                        break
+        nonempty = self._nonempty
+        if nonempty:
+            best: tuple[int, float, int] | None = None
+            best_heap: _Heap | None = None
+            live = self._live.get
+            pop = heappop
+            heaps = self._call_heaps
+            masks = ag.call_masks
+            for c in chans:
+                bits = masks[c] & nonempty
+                while bits:
+                    low = bits & -bits
+                    bits ^= low
+                    heap = heaps[low.bit_length() - 1]
                     entry = heap[0]
-                else:
+                    while live(entry[2]) is not entry:  # a live entry exists: heap.live > 0
+                        pop(heap)
+                        entry = heap[0]
                     if best is None or entry < best:
                         best = entry
                         best_heap = heap
-        if best is not None and best_heap is not None:
-            heappop(best_heap)
-            call: _Call = best[4]
-            call.queue.waiting -= 1
-            self._offer(call, ag, out)
-            return
+            if best is not None and best_heap is not None:
+                pop(best_heap)
+                call = self._by_seq[best[2]]
+                self._dequeue(call)
+                self._offer(call, ag, out)
+                return
         self._push_idle(ag, now)
+
+    def _dequeue(self, call: _Call) -> None:
+        """A waiting call stops waiting (its heap entry becomes stale)."""
+        del self._live[call.seq]
+        heap = call.heap
+        if heap is None:
+            raise InvariantViolation(f"waiting call {call.id} is in no heap")
+        heap.live -= 1
+        if not heap.live:
+            self._nonempty &= ~heap.bit
+        call.heap = None
+        call.queue.waiting -= 1
+
+    def _enqueue(self, call: _Call) -> None:
+        heap = self._call_heap(call.req, call.channel)
+        entry = (call.priority, call.adj, call.seq)
+        self._live[call.seq] = entry
+        heappush(heap, entry)
+        if len(heap) > heap.limit:
+            self._compact_calls(heap)
+        heap.live += 1
+        self._nonempty |= heap.bit
+        call.heap = heap
+        call.state = WAITING
+        call.queue.waiting += 1
 
     def _offer(self, call: _Call, ag: _Agent, out: list[Decision]) -> None:
         self._move(ag, "offer", RESERVED)
@@ -400,23 +539,42 @@ class Matcher:
         self._offer_seq += 1
         ag.last_offer = self._offer_seq
         call.state = OFFERED
-        call.ver += 1
         call.agents.append(ag)
         out.append(Offer(call.id, ag.id, call.queue.id, call.channel))
 
     def _best_agents(self, call: _Call) -> list[_Agent]:
+        """Take the best idle eligible agent (ring-all: up to the limit) out of the heaps."""
         queue = call.queue
-        heap = call.req.idle.get((queue.kind, call.channel))
-        if not heap:
-            return []
+        req = call.req
+        heaps = req.views.get((queue.kind, call.channel))
+        if heaps is None:
+            heaps = self._view(req, queue.kind, call.channel)
         limit = queue.spec.ring_all_limit if queue.ring_all else 1
         found: list[_Agent] = []
-        while heap and len(found) < limit:
-            entry = heappop(heap)
-            ag = entry[-1]
-            if entry[-2] == ag.ver:
-                found.append(ag)
-                ag.ver += 1  # so a second entry of the same agent is not taken twice
+        vers = self._vers
+        pop = heappop
+        while len(found) < limit:
+            best: tuple[Any, ...] | None = None
+            best_heap: _Heap | None = None
+            for heap in heaps:
+                if not heap:
+                    continue
+                entry = heap[0]
+                while vers[entry[-2]] != entry[-1]:
+                    pop(heap)
+                    if not heap:
+                        break
+                    entry = heap[0]
+                else:
+                    if best is None or entry < best:
+                        best = entry
+                        best_heap = heap
+            if best is None or best_heap is None:
+                break
+            pop(best_heap)
+            idx = best[-2]
+            found.append(self._by_idx[idx])
+            vers[idx] += 1  # its entries elsewhere are stale from now on
         return found
 
     def _apply_due_steps(self, call: _Call, now: float) -> None:
@@ -443,10 +601,15 @@ class Matcher:
         if queue.max_wait:
             self.scheduler.cancel(("max-wait", call.id, 0))
 
+    def _forget(self, call: _Call) -> None:
+        if call.state == WAITING:
+            self._dequeue(call)
+        del self._calls[call.id]
+        del self._by_seq[call.seq]
+
     def _overflow(self, call: _Call, reason: str, out: list[Decision]) -> None:
         self._stop_timers(call)
-        call.ver += 1
-        del self._calls[call.id]
+        self._forget(call)
         queue = call.queue
         out.append(Overflowed(call.id, queue.id, queue.spec.overflow, reason))
 
@@ -455,14 +618,13 @@ class Matcher:
         queue = call.queue
         arrival = call.state == NEW
         if call.state == WAITING:
-            queue.waiting -= 1
+            self._dequeue(call)
         elif call.state == OFFERED:
             if queue.max_wait and now >= call.enq + queue.max_wait:
                 self._overflow(call, "max-wait", out)
                 return
             if not call.timed:
                 self._apply_due_steps(call, now)
-        call.ver += 1
         agents = self._best_agents(call)
         if agents:
             call.state = NEW  # not waiting any more: _offer moves it to OFFERED
@@ -472,14 +634,7 @@ class Matcher:
         if arrival and queue.spec.max_length and queue.waiting >= queue.spec.max_length:
             self._overflow(call, "queue-full", out)
             return
-        call.state = WAITING
-        queue.waiting += 1
-        heap = call.req.calls.get(call.channel)
-        if heap is None:
-            heap = call.req.calls[call.channel] = _Heap()
-        heappush(heap, (call.priority, call.adj, call.seq, call.ver, call))
-        if len(heap) > heap.limit:
-            _compact(heap)
+        self._enqueue(call)
         if not call.timed:
             self._start_timers(call)
 
@@ -498,9 +653,11 @@ class Matcher:
         ag = self._agents.get(spec.id)
         target = PAUSED if paused is not None else READY
         if ag is None:
-            ag = _Agent(spec, len(self._agents))
+            ag = _Agent(spec, len(self._by_idx))
             self._index_agent(ag)
             self._agents[spec.id] = ag
+            self._by_idx.append(ag)
+            self._vers.append(0)
         else:
             agent_state.check(ag.id, "login", ag.state, target)
             if ag.spec != spec:
@@ -560,6 +717,7 @@ class Matcher:
         self._call_seq += 1
         call = _Call(spec, queue, self._call_seq, now)
         self._calls[spec.id] = call
+        self._by_seq[call.seq] = call
         out: list[Decision] = []
         self._call_ready(call, now, out)
         return out
@@ -623,11 +781,8 @@ class Matcher:
             return self.call_ended(call_id, now)
         out: list[Decision] = []
         self._stop_timers(call)
-        del self._calls[call.id]
-        call.ver += 1
-        if call.state == WAITING:
-            call.queue.waiting -= 1
-        elif call.state == OFFERED:
+        self._forget(call)
+        if call.state == OFFERED:
             agents = call.agents
             call.agents = []
             for ag in agents:
@@ -642,7 +797,7 @@ class Matcher:
         call = self._call(call_id)
         if call.state != CONNECTED or call.agent is None:
             raise InvalidEvent(f"call {call_id} is not connected")
-        del self._calls[call.id]
+        self._forget(call)
         ag = call.agent
         call.agent = None
         ag.load[call.channel] -= 1
@@ -675,12 +830,13 @@ class Matcher:
         check_priority(priority)
         call = self._call(call_id)
         call.priority = priority
-        if call.state == WAITING:
-            call.ver += 1
-            heap = call.req.calls[call.channel]
-            heappush(heap, (priority, call.adj, call.seq, call.ver, call))
+        if call.state == WAITING and call.heap is not None:
+            heap = call.heap
+            entry = (priority, call.adj, call.seq)
+            self._live[call.seq] = entry
+            heappush(heap, entry)
             if len(heap) > heap.limit:
-                _compact(heap)
+                self._compact_calls(heap)
         return []
 
     def timer_fired(self, key: TimerKey, now: float) -> list[Decision]:
@@ -697,7 +853,6 @@ class Matcher:
         elif kind == "max-wait":
             call = self._calls.get(ident)
             if call is not None and call.state == WAITING:
-                call.queue.waiting -= 1
                 self._overflow(call, "max-wait", out)
         elif kind == "wrapup":
             ag = self._agents.get(ident)
@@ -709,6 +864,19 @@ class Matcher:
         else:
             raise InvalidEvent(f"unknown timer {key!r}")
         return out
+
+    def _compact_agents(self, heap: _Heap) -> None:
+        """Drop stale idle entries and restore the heap property (amortised O(1) per push)."""
+        vers = self._vers
+        heap[:] = [e for e in heap if vers[e[-2]] == e[-1]]
+        heapify(heap)
+        heap.limit = max(MIN_COMPACT, 2 * len(heap))
+
+    def _compact_calls(self, heap: _Heap) -> None:
+        live = self._live
+        heap[:] = [e for e in heap if live.get(e[2]) is e]
+        heapify(heap)
+        heap.limit = max(MIN_COMPACT, 2 * len(heap))
 
     # ------------------------------------------------------------------ queries
 
@@ -745,13 +913,17 @@ class Matcher:
     def check_invariants(self) -> None:
         """Cross-check the bookkeeping (tests and debugging; O(agents + calls + heap entries))."""
         counts = dict.fromkeys(self._queues, 0)
+        live_per_heap: dict[int, int] = {}
         for call in self._calls.values():
             if call.state == WAITING:
                 counts[call.queue.id] += 1
-                heap = call.req.calls.get(call.channel, [])
-                live = [e for e in heap if e[4] is call and e[3] == call.ver]
+                heap = call.heap
+                if heap is None or heap is not call.req.calls.get(call.channel):
+                    raise InvariantViolation(f"waiting call {call.id} is not in its heap")
+                live = [e for e in heap if self._live.get(call.seq) is e]
                 if len(live) != 1:
                     raise InvariantViolation(f"waiting call {call.id} has {len(live)} live entries")
+                live_per_heap[heap.bit] = live_per_heap.get(heap.bit, 0) + 1
             elif call.state == OFFERED:
                 if not call.agents:
                     raise InvariantViolation(f"call {call.id} offered to nobody")
@@ -763,6 +935,12 @@ class Matcher:
                     raise InvariantViolation(f"call {call.id} connected to nobody")
             else:
                 raise InvariantViolation(f"call {call.id} held in state {call.state}")
+        for heap in self._call_heaps:
+            n = live_per_heap.get(heap.bit, 0)
+            if heap.live != n or bool(self._nonempty & heap.bit) != bool(n):
+                raise InvariantViolation(f"call heap {heap.bit.bit_length() - 1}: live count wrong")
+        if len(self._live) != sum(live_per_heap.values()):
+            raise InvariantViolation("live entries for calls that are not waiting")
         for qid, n in counts.items():
             if self._queues[qid].waiting != n:
                 raise InvariantViolation(f"queue {qid}: waiting {self._queues[qid].waiting} != {n}")
@@ -783,8 +961,4 @@ class Matcher:
                 raise InvariantViolation(f"agent {ag.id}: on call without work")
 
 
-def _compact(heap: _Heap) -> None:
-    """Drop stale entries (version mismatch) and restore the heap property."""
-    heap[:] = [e for e in heap if e[-2] == e[-1].ver]
-    heapify(heap)
-    heap.limit = max(MIN_COMPACT, 2 * len(heap))
+

@@ -115,8 +115,8 @@ class QueueSpec:
     with the best (priority, arrival time - weight). `max_wait` (seconds) and `max_length`
     (waiting calls) send calls to `overflow` (a queue id or a destination the router knows);
     0 means no limit. `wrapup` is the after-call work in seconds. `ring_all_limit` caps how many
-    agents one ring-all offer rings. `proficiency_skills` defaults to the skills the base
-    requirement names; `highest-proficiency` ranks agents by the sum of their levels in them.
+    agents one ring-all offer rings. `highest-proficiency` ranks agents by the sum of their
+    levels in `proficiency_skills`, by default the first skill the base requirement names.
     """
 
     id: str
@@ -154,7 +154,7 @@ class QueueSpec:
         if not isinstance(self.ring_all_limit, int) or self.ring_all_limit < 1:
             raise ConfigurationError(f"queue {self.id}: ring_all_limit must be >= 1")
         if not self.proficiency_skills:
-            object.__setattr__(self, "proficiency_skills", self.requirement.skills())
+            object.__setattr__(self, "proficiency_skills", self.requirement.skills()[:1])
 
     @classmethod
     def build(
