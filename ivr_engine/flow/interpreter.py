@@ -228,7 +228,7 @@ class Interpreter:
             if flow is None:
                 log.error("no flow %r to run; sending the call back to the dialplan", name)
             out = FlowOutcome("error", name, "", MappingProxyType({"reason": "cannot start"}))
-            await self._fallback(channel)
+            await self._fallback(channel, "cannot start flow")
             self.services.observer.flow_ended(channel.call_id, out)
             return out
         try:
@@ -351,10 +351,12 @@ class Interpreter:
         await self._fallback(state.channel)
         return None
 
-    async def _fallback(self, channel: CallChannel) -> None:
-        """No flow route left: ask the dialplan to send the caller to a person."""
+    async def _fallback(self, channel: CallChannel, reason: str = "flow error") -> None:
+        """No flow route left: ask the dialplan (asterisk-conf/extensions.conf, `ivr-next`) to
+        send the caller to the operators, and say why."""
         try:
-            await channel.set_variable("IVR_NEXT", "fallback")
+            await channel.set_variable("IVR_NEXT", "operator")
+            await channel.set_variable("IVR_FLOW_ERROR", reason)
         except ChannelHangup:
             pass
 
@@ -812,6 +814,7 @@ class Interpreter:
         return node.fail
 
     async def _hangup(self, state: CallState, node: HangupNode) -> str | None:
+        await state.channel.set_variable("IVR_NEXT", "hangup")
         await self._say(state, node.prompt, node.id, "")
         await state.channel.hangup()
         raise _End(_outcome(state, "hangup", reason=node.reason))

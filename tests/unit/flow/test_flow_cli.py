@@ -95,4 +95,5 @@ def test_try_accepts_a_flow_file(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "[survey/ask] collect"
     assert "    caller: 5 -> match" in out
-    assert out[-1] == "END hangup at survey/thanks: reason=survey answered"
+    assert "END hangup at survey/thanks: reason=survey answered" in out
+    assert out[-1] == "CHANNEL IVR_NEXT=hangup"

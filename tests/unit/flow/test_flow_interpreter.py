@@ -438,7 +438,8 @@ async def test_no_route_left_falls_back_to_the_dialplan() -> None:
     )
     r = await run(fs, "")
     assert r.outcome.kind == "error"
-    assert r.channel.variables["IVR_NEXT"] == "fallback"
+    assert r.channel.variables["IVR_NEXT"] == "operator"
+    assert r.channel.variables["IVR_FLOW_ERROR"] == "flow error"
 
 
 async def test_subflow_depth_limit() -> None:
@@ -553,7 +554,8 @@ async def test_bad_parameters_fall_back_instead_of_raising() -> None:
     fs = flows(SUBFLOW)
     r = await run(fs, "1", flow="sub", params={"nosuch": 1})
     assert r.outcome.kind == "error"
-    assert r.channel.variables["IVR_NEXT"] == "fallback"
+    assert r.channel.variables["IVR_NEXT"] == "operator"
+    assert r.channel.variables["IVR_FLOW_ERROR"] == "cannot start flow"
 
 
 async def test_a_failing_source_never_logs_a_sensitive_parameter(
