@@ -209,29 +209,26 @@ def normalise(number: str | None) -> str | None:
     """E.164 (`+8613926000001`) for a valid number, else None. The key phones are stored under."""
     if number is None:
         return None
-    return _normalise_cached(str(number))
-
-
-@lru_cache(maxsize=65536)
-def _normalise_cached(number: str) -> str | None:
-    # Parsing costs ~50 us; callers repeat (the same customers call again and again).
-    parsed = parse_number(number)
-    if parsed is None:
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return _analyse(str(number))[0]
 
 
 def region_of(number: str | None) -> Region:
     """The region a caller ID belongs to; `UNKNOWN_REGION` for anything unusable."""
-    e164 = normalise(number)
-    if e164 is None:
+    if number is None:
         return UNKNOWN_REGION
-    return _region_of_e164(e164)
+    return _analyse(str(number))[1]
 
 
-@lru_cache(maxsize=4096)
-def _region_of_e164(e164: str) -> Region:
-    parsed = phonenumbers.parse(e164, None)
+@lru_cache(maxsize=16384)
+def _analyse(number: str) -> tuple[str | None, Region]:
+    # Parsing and geocoding cost ~100 us; the same customers call again and again.
+    parsed = parse_number(number)
+    if parsed is None:
+        return None, UNKNOWN_REGION
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), _region(parsed)
+
+
+def _region(parsed: phonenumbers.PhoneNumber) -> Region:
     country = phonenumbers.region_code_for_number(parsed) or ""
     ntype = phonenumbers.number_type(parsed)
     is_mobile = ntype in (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE)

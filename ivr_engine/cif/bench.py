@@ -97,8 +97,7 @@ async def run_bench(
             # Warm-up: the SQLite page cache and the aiosqlite thread, on other numbers.
             for n in rng.sample(numbers, min(200, len(numbers))):
                 await store.lookup_by_caller(n)
-            region_mod._normalise_cached.cache_clear()
-            region_mod._region_of_e164.cache_clear()
+            region_mod._analyse.cache_clear()
 
             async def lookup(n: str) -> object:
                 found = await store.lookup_by_caller(n)

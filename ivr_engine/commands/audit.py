@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from typing import Any
+
+
+async def _open(args: argparse.Namespace) -> Any:
+    from ivr_engine.audit import AuditLog
+
+    # Read-only: verifying a missing file must fail, not create an empty "intact" log.
+    return await AuditLog.open(args.path or args.settings.store.audit_path, readonly=True)
 
 
 async def _verify(args: argparse.Namespace) -> int:
-    from ivr_engine.audit import AuditLog
-
-    async with await AuditLog.open(args.path or args.settings.store.audit_path) as audit:
+    async with await _open(args) as audit:
         result = await audit.verify(expected_head=args.expect_head)
     if args.json:
         print(json.dumps({"ok": result.ok, "records": result.records,
@@ -25,9 +31,7 @@ async def _verify(args: argparse.Namespace) -> int:
 
 
 async def _list(args: argparse.Namespace) -> int:
-    from ivr_engine.audit import AuditLog
-
-    async with await AuditLog.open(args.path or args.settings.store.audit_path) as audit:
+    async with await _open(args) as audit:
         records = await audit.records(limit=args.limit)
     if args.json:
         print(json.dumps([r.to_json() for r in records], ensure_ascii=False, indent=2))
@@ -40,9 +44,7 @@ async def _list(args: argparse.Namespace) -> int:
 
 
 async def _head(args: argparse.Namespace) -> int:
-    from ivr_engine.audit import AuditLog
-
-    async with await AuditLog.open(args.path or args.settings.store.audit_path) as audit:
+    async with await _open(args) as audit:
         seq, digest = await audit.head()
     print(f"{seq} {digest}")
     return 0

@@ -11,7 +11,7 @@ from typing import Any
 async def _open(args: argparse.Namespace) -> Any:
     from ivr_engine.records import CallRecordStore
 
-    return await CallRecordStore.open(args.path or args.settings.store.path)
+    return await CallRecordStore.open(args.path or args.settings.store.path, readonly=True)
 
 
 async def _list(args: argparse.Namespace) -> int:
