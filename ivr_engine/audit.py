@@ -41,7 +41,7 @@ from typing import Any, Self
 
 import aiosqlite
 
-from ivr_engine.cif.masking import mask_mapping, scrub
+from ivr_engine.cif.masking import mask_mapping
 from ivr_engine.cif.sqlite import Migration, open_database, store_errors
 from ivr_engine.errors import AuditError, StoreError
 
@@ -230,7 +230,9 @@ class AuditLog:
         when = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         time_s = when.isoformat(timespec="microseconds").replace("+00:00", "Z")
         cust = None if customer_id is None else str(customer_id)
-        call = None if call_id is None else scrub(str(call_id))
+        call = None if call_id is None else str(call_id)
+        if call is not None and (len(call) > 128 or not call.isprintable()):
+            raise AuditError("bad call id: at most 128 printable characters")
         async with self._lock, store_errors("audit append"):
             await self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -84,10 +84,20 @@ def is_number_key(key: str) -> bool:
     return any(s in k for s in _NUMBER_KEYS)
 
 
+_CALL_ID_KEYS = ("call_id", "uniqueid", "linkedid")
+_ASTERISK_ID = re.compile(r"\d{1,12}\.\d{1,9}")
+
+
 def mask_value(key: str, value: Any) -> Any:
     """Mask one value by what its key says it is; recurse into mappings and lists."""
     if is_secret_key(key):
         return SECRET_MASK
+    if (
+        key.lower().endswith(_CALL_ID_KEYS)
+        and isinstance(value, str)
+        and _ASTERISK_ID.fullmatch(value)
+    ):
+        return value  # an Asterisk uniqueid (1732000000.7) links records; it is not personal
     if isinstance(value, Mapping):
         return mask_mapping(value)
     if isinstance(value, list | tuple):

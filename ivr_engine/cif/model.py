@@ -150,6 +150,9 @@ class CallerProfile:
     calls_today: int
     cards: tuple[Card, ...]
     products: tuple[str, ...]
+    # True when the CIF could not be read in time (locked, failing disk): the caller is
+    # treated as unknown and the flow should route to a person rather than to self-service.
+    degraded: bool = False
 
     @property
     def known(self) -> bool:
@@ -163,10 +166,6 @@ class CallerProfile:
     def risk_flagged(self) -> bool:
         return bool(self.risk_flags)
 
-    @property
-    def queue_skills(self) -> tuple[str, ...]:
-        """Language skill the queue should require for this caller."""
-        return (f"lang:{self.language}",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ Design notes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -291,6 +292,7 @@ class CifStore:
         pan_key: bytes,
         bank_province: str = "Beijing",
         tz: dt.tzinfo = CHINA_TZ,
+        read_timeout: float = 2.0,
     ) -> None:
         self._db = db
         self.path = path
@@ -298,6 +300,7 @@ class CifStore:
         self.bank_province = normalise_province(bank_province) or bank_province
         self._tz = tz
         self._write_lock = asyncio.Lock()
+        self.read_timeout = read_timeout
 
     @classmethod
     async def open(
@@ -308,6 +311,7 @@ class CifStore:
         bank_province: str = "Beijing",
         tz: dt.tzinfo = CHINA_TZ,
         busy_timeout: float = 5.0,
+        read_timeout: float = 2.0,
     ) -> CifStore:
         p = Path(path)
         db = await open_database(p, schema.COMPONENT, schema.MIGRATIONS, busy_timeout=busy_timeout)
@@ -316,7 +320,10 @@ class CifStore:
         except BaseException:
             await db.close()
             raise
-        return cls(db, path=p, pan_key=key, bank_province=bank_province, tz=tz)
+        return cls(
+            db, path=p, pan_key=key, bank_province=bank_province, tz=tz,
+            read_timeout=read_timeout,
+        )
 
     async def close(self) -> None:
         await self._db.close()
@@ -347,26 +354,49 @@ class CifStore:
         row = None
         if e164 is not None:
             day_s = (day or self.today()).isoformat()
-            async with store_errors("CIF lookup"):
-                # execute_fetchall: one hop to the database thread instead of three.
-                rows = await self._db.execute_fetchall(_LOOKUP_SQL, (day_s, e164))
+            try:
+                async with asyncio.timeout(self.read_timeout), store_errors("CIF lookup"):
+                    # execute_fetchall: one hop to the database thread instead of three.
+                    rows = await self._db.execute_fetchall(_LOOKUP_SQL, (day_s, e164))
+            except TimeoutError:
+                raise StoreError(f"CIF lookup: no answer within {self.read_timeout}s") from None
             row = next(iter(rows), None)
         masked = mask_caller(e164 or number)
         if row is None:
-            return CallerProfile(
-                number_masked=masked,
-                region=region,
-                customer=None,
-                service_tier=compute_service_tier(None, region, bank_province=self.bank_province),
-                language=resolve_language(None, region),
-                bound=False,
-                verified_number=False,
-                unpaid_bill=None,
-                risk_flags=(),
-                calls_today=0,
-                cards=(),
-                products=(),
+            return self._unknown(masked, region)
+        return self._from_row(row, masked, region)
+
+    async def safe_profile(
+        self, number: str | None, *, day: dt.date | None = None
+    ) -> CallerProfile:
+        """`profile()` that never fails a call: if the CIF cannot answer (locked, disk error,
+        timeout) the caller is served as unknown, with `degraded=True`, and it is logged."""
+        try:
+            return await self.profile(number, day=day)
+        except StoreError as exc:
+            log.error("CIF unavailable, caller %s served as unknown: %s",
+                      mask_caller(number), exc)
+            return dataclasses.replace(
+                self._unknown(mask_caller(number), region_of(number)), degraded=True
             )
+
+    def _unknown(self, masked: str, region: Region) -> CallerProfile:
+        return CallerProfile(
+            number_masked=masked,
+            region=region,
+            customer=None,
+            service_tier=compute_service_tier(None, region, bank_province=self.bank_province),
+            language=resolve_language(None, region),
+            bound=False,
+            verified_number=False,
+            unpaid_bill=None,
+            risk_flags=(),
+            calls_today=0,
+            cards=(),
+            products=(),
+        )
+
+    def _from_row(self, row: sqlite3.Row, masked: str, region: Region) -> CallerProfile:
         customer = _customer_from_row(row)
         cards = tuple(_card_from_row(c, customer.id) for c in json.loads(row["cards_json"]))
         bill = None

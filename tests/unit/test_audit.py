@@ -204,3 +204,13 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tamper(path, "UPDATE audit_log SET outcome = 'confirmed' WHERE seq = 4")
     assert main(["audit", "verify", "--path", str(path)]) == 1
     assert "record 4" in capsys.readouterr().out
+
+
+async def test_call_id_is_kept_to_link_the_call_record(tmp_path: Path) -> None:
+    async with await AuditLog.open(tmp_path / "audit.sqlite3") as log:
+        rec = await log.append("card_block", outcome="done", call_id="1732000000.42",
+                               details={"card": "6222021234567890123", "uniqueid": "1732000000.42"})
+        assert rec.call_id == "1732000000.42"
+        assert rec.details == {"card": "****0123", "uniqueid": "1732000000.42"}
+        with pytest.raises(AuditError):
+            await log.append("card_block", outcome="done", call_id="x\n" * 3)

@@ -14,6 +14,7 @@ from ivr_engine.cif.model import CardStatus, Language, ServiceTier
 from ivr_engine.cif.seed import DEV_PIN, PERSONA_CARDS, PERSONA_NUMBERS, seed
 from ivr_engine.cif.sqlite import SchemaTooNew
 from ivr_engine.cif.store import CifStore
+from ivr_engine.errors import StoreError
 
 TODAY = dt.date(2026, 11, 25)
 KEY = b"test-pan-key-0123456789abcdef!!"
@@ -225,3 +226,16 @@ async def test_persona_numbers_cover_issue(store: CifStore) -> None:
     for name, number in PERSONA_NUMBERS.items():
         found = await store.lookup_by_caller(number, day=TODAY)
         assert (found is None) == (name == "shenzhen_landline")
+
+
+async def test_safe_profile_degrades_instead_of_failing(tmp_path: Path) -> None:
+    path = tmp_path / "cif.sqlite3"
+    async with await CifStore.open(path, pan_key=KEY) as s:
+        await seed(s, customers=0, today=TODAY)
+        with sqlite3.connect(path) as conn:
+            conn.execute("ALTER TABLE phones RENAME TO phones_gone")  # a broken CIF
+        with pytest.raises(StoreError):
+            await s.profile("13926000001")
+        p = await s.safe_profile("13926000001")
+        assert p.degraded and p.customer is None and p.service_tier is ServiceTier.UNKNOWN
+        assert p.language is Language.CANTONESE  # the number still decides the language
