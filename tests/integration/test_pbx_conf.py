@@ -86,7 +86,7 @@ def test_every_configured_object_exists(dev_pbx: DevPbx) -> None:
     moh = dev_pbx.cli("moh show files")
     assert "ivr-engine-tone.wav" in moh or "/var/lib/asterisk/moh/ivr-engine" in moh
     rtp = dev_pbx.cli("rtp show settings")
-    assert re.search(r"Port start:\s+10000", rtp) and re.search(r"Port end:\s+10999", rtp), rtp
+    assert re.search(r"Port start:\s+10000", rtp) and re.search(r"Port end:\s+19999", rtp), rtp
 
 
 def test_up_reloads_a_changed_config_without_restarting(dev_pbx: DevPbx, tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def test_shipped_config_listens_where_the_settings_expect() -> None:
     got = listeners(parsed["manager.conf"], parsed["pjsip.conf"], parsed["rtp.conf"])
     assert (got.ami_host, got.ami_port) == ("127.0.0.1", 5038)
     assert (got.sip_host, got.sip_port) == ("127.0.0.1", 5060)
-    assert (got.rtp_start, got.rtp_end) == (10000, 10999)
+    assert (got.rtp_start, got.rtp_end) == (10000, 19999)
     # Every shipped file parses, and the trunk is included from pjsip.conf.
     assert "pjsip_trunk.conf" in parsed["pjsip.conf"].includes
     assert "pjsip_trunk.conf" in files
