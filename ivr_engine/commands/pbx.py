@@ -90,6 +90,13 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if st.running else 3
 
 
+def _clean(args: argparse.Namespace) -> int:
+    pbx = _pbx(args)
+    pbx.clean()
+    print(f"removed {pbx.state_dir} (the dev PBX root and its state)")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     pbx = _pbx(args)
     results = bench.run(pbx, runs=args.runs, cold=args.cold)
@@ -135,6 +142,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--force", action="store_true", help="stop it even while test sessions hold leases"
     )
     down.set_defaults(func=_down)
+    cmds.add_parser(
+        "clean", help="stop the PBX and remove .pbx/ (refuses while anything is mounted there)"
+    ).set_defaults(func=_clean)
     bench_p = cmds.add_parser(
         "bench",
         help="time warm `up` (and cold with --cold) against Asterisk's own boot; needs the "

@@ -493,6 +493,19 @@ class DevPbx:
                 )
             self.progress(f"pbx down: {point} was busy; detached (lazy unmount)")
 
+    def clean(self) -> None:
+        """Stop the PBX (even with leases held) and remove the whole state folder, root
+        included. Refuses while anything is still mounted under it: `rm -rf` through a mounted
+        /proc or a bind mount would reach the host."""
+        with self._locked():
+            self._stop_locked()
+            left = rootfs.mounts_under(self.state_dir)
+            if left:
+                raise DevPbxError(
+                    f"not removing {self.state_dir}: still mounted there: {', '.join(left)}"
+                )
+        shutil.rmtree(self.state_dir)
+
     # ----------------------------------------------------------------------------- status
     def status(self) -> PbxStatus:
         built = self.is_built()

@@ -138,3 +138,23 @@ def test_mounts_under_ignores_siblings(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(Path, "read_text", fake_read)
     assert rootfs.mounts_under(root) == [f"{root}/dev/pts", f"{root}/proc"]
+
+
+def test_clean_removes_state_but_never_through_a_mount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pbx = DevPbx(
+        root=tmp_path / ".pbx" / "root",
+        conf_dirs=(REPO / "asterisk-conf", REPO / "sip-trunk"),
+        ami_user="ivr-engine",
+        ami_secret="s",
+    )
+    (tmp_path / ".pbx" / "root" / "proc").mkdir(parents=True)
+    mounted = [str(tmp_path / ".pbx" / "root" / "proc")]
+    monkeypatch.setattr(rootfs, "mounts_under", lambda root: mounted)
+    with pytest.raises(DevPbxError, match="not removing .*still mounted there"):
+        pbx.clean()
+    assert (tmp_path / ".pbx" / "root" / "proc").is_dir()
+    mounted.clear()
+    pbx.clean()
+    assert not (tmp_path / ".pbx").exists()
