@@ -219,18 +219,30 @@ def region_of(number: str | None) -> Region:
     return _analyse(str(number))[1]
 
 
+# Mainland mobiles in the shapes trunks send them: the common case, parsed without the
+# general parser (which costs ~55 us of the ~120 us a cold lookup spends on the number).
+_CN_MOBILE = re.compile(r"(?:\+86|0086|86)?(1[3-9]\d{9})")
+
+
 @lru_cache(maxsize=16384)
 def _analyse(number: str) -> tuple[str | None, Region]:
     # Parsing and geocoding cost ~100 us; the same customers call again and again.
+    m = _CN_MOBILE.fullmatch(_JUNK.sub("", number))
+    if m is not None:
+        fast = phonenumbers.PhoneNumber(country_code=86, national_number=int(m.group(1)))
+        ntype = phonenumbers.number_type(fast)  # UNKNOWN for an invalid number
+        if ntype in (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE):
+            return "+86" + m.group(1), _region(fast, ntype)
     parsed = parse_number(number)
     if parsed is None:
         return None, UNKNOWN_REGION
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), _region(parsed)
 
 
-def _region(parsed: phonenumbers.PhoneNumber) -> Region:
+def _region(parsed: phonenumbers.PhoneNumber, ntype: int | None = None) -> Region:
     country = phonenumbers.region_code_for_number(parsed) or ""
-    ntype = phonenumbers.number_type(parsed)
+    if ntype is None:
+        ntype = phonenumbers.number_type(parsed)
     is_mobile = ntype in (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE)
     if country == "HK":
         return Region("HK", "Hong Kong", "Hong Kong", is_mobile, "香港", "香港")
