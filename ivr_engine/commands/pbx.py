@@ -147,8 +147,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ).set_defaults(func=_clean)
     bench_p = cmds.add_parser(
         "bench",
-        help="time warm `up` (and cold with --cold) against Asterisk's own boot; needs the "
-        "PBX down",
+        help="time warm `up` (and cold with --cold) against Asterisk's own boot; waits for "
+        "the PBX to be down and leaves it down",
     )
     bench_p.add_argument("--runs", type=int, default=3, help="warm cycles (default 3)")
     bench_p.add_argument(
