@@ -416,7 +416,10 @@ class CallRecorder:
             batch = list(self._pending.items())[: self._batch]
             try:
                 await self._store.write_rows([row for _, row in batch])
-            except StoreError as exc:
+            except Exception as exc:
+                # StoreError is the expected case (disk full, locked); anything else (a closed
+                # connection, a driver bug) is handled the same way so that the writer task
+                # never dies and silently stops writing. CancelledError is not caught.
                 self.stats.write_failures += 1
                 if not self.stats.in_outage:
                     self.stats.in_outage = True
@@ -425,6 +428,7 @@ class CallRecorder:
                         "CALL RECORDS CANNOT BE WRITTEN (%s); calls continue, records are kept "
                         "in memory (up to %d) and retried every %.1fs",
                         exc, self._max_pending, self._retry_interval,
+                        exc_info=not isinstance(exc, StoreError),
                     )
                 return False
             for call_id, row in batch:

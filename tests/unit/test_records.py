@@ -186,3 +186,15 @@ def test_calls_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "138****8000" in out and "digits=******" in out and PIN not in out
     assert main(["calls", "show", "--path", str(db), "nope"]) == 1
+
+
+async def test_writer_survives_an_unexpected_error(tmp_path: Path) -> None:
+    store = await CallRecordStore.open(tmp_path / "s.sqlite3")
+    await store.close()  # aiosqlite now raises ValueError, not a StoreError
+    recorder = CallRecorder(store, retry_interval=0.05, flush_timeout=0.2)
+    async with recorder:
+        recorder.submit(make_record("after-close"))
+        await asyncio.sleep(0.2)
+        assert recorder.stats.write_failures >= 2  # still retrying: the task did not die
+        assert recorder.pending == 1
+    assert recorder.pending == 1
