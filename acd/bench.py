@@ -146,8 +146,9 @@ def build_agents(n: int, rng: np.random.Generator) -> list[AgentSpec]:
 
 
 def _zipf(n: int, s: float) -> np.ndarray:
-    w = 1.0 / np.arange(1, n + 1) ** s
-    return w / w.sum()
+    w: np.ndarray = 1.0 / np.arange(1, n + 1) ** s
+    out: np.ndarray = w / w.sum()
+    return out
 
 
 class _Clock:
@@ -185,7 +186,10 @@ class _Driver:
         self.live: set[str] = set()
         self.calls = 0
         # A centre staffs to its demand: the busiest queues are the ones most agents can take.
-        eligible = [sum(1 for a in self.agents[:2000] if q.requirement.matches(a.skills)) for q in self.queues]
+        eligible = [
+            sum(1 for a in self.agents[:2000] if q.requirement.matches(a.skills))
+            for q in self.queues
+        ]
         order = sorted(range(N_QUEUES), key=lambda i: -eligible[i])
         qp = np.zeros(N_QUEUES)
         qp[order] = _zipf(N_QUEUES, QUEUE_SKEW)
@@ -323,7 +327,9 @@ class _Driver:
             if self.m.agent_state(spec.id) in (AgentState.READY, AgentState.PAUSED):
                 self.call("logout", spec.id, now)
                 self.push(now + self.exp(300.0), "login", spec.id)
-            self.push(now + self.exp(1.0 / (LOGOUT_RATE_PER_AGENT * len(self.agents))), "churn", None)
+            self.push(
+                now + self.exp(1.0 / (LOGOUT_RATE_PER_AGENT * len(self.agents))), "churn", None
+            )
         elif kind == "login":
             self.call("login", self.by_id[payload], now)
 

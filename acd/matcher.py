@@ -321,11 +321,11 @@ class Matcher:
         self._multi_by_skill = {}
         self._multi_free = []
         for conj in multi_reqs:
-            skill = anchor(conj)
-            if skill is None:
+            anchored = anchor(conj)
+            if anchored is None:
                 self._multi_free.append(conj)
             else:
-                self._multi_by_skill.setdefault(skill, []).append(conj)
+                self._multi_by_skill.setdefault(anchored, []).append(conj)
         self._idle_heaps = {}
 
     def _idle_heap(self, key: tuple[Any, ...]) -> _Heap:
@@ -493,7 +493,7 @@ class Matcher:
                     low = bits & -bits
                     bits ^= low
                     heap = heaps[low.bit_length() - 1]
-                    entry = heap[0]
+                    entry: tuple[int, float, int] = heap[0]
                     while live(entry[2]) is not entry:  # a live entry exists: heap.live > 0
                         pop(heap)
                         entry = heap[0]
@@ -646,9 +646,7 @@ class Matcher:
 
     # ------------------------------------------------------------------ agent events
 
-    def login(
-        self, spec: AgentSpec, now: float, *, paused: str | None = None
-    ) -> list[Decision]:
+    def login(self, spec: AgentSpec, now: float, *, paused: str | None = None) -> list[Decision]:
         """Log an agent in (READY, or PAUSED with a reason). Skills may change between logins."""
         ag = self._agents.get(spec.id)
         target = PAUSED if paused is not None else READY
@@ -947,9 +945,7 @@ class Matcher:
         for ag in self._agents.values():
             if (ag.state is RESERVED) != (ag.offer is not None):
                 raise InvariantViolation(f"agent {ag.id}: state {ag.state} vs offer {ag.offer}")
-            if ag.offer is not None and (
-                ag.offer.state != OFFERED or ag not in ag.offer.agents
-            ):
+            if ag.offer is not None and (ag.offer.state != OFFERED or ag not in ag.offer.agents):
                 raise InvariantViolation(f"agent {ag.id}: stuck reserved")
             if ag.total != sum(ag.load.values()) or any(
                 ag.load[c] > ag.capacity[c] for c in ag.channels
@@ -959,6 +955,3 @@ class Matcher:
                 raise InvariantViolation(f"agent {ag.id}: {ag.state} with work")
             if ag.state is ON_CALL and not ag.total:
                 raise InvariantViolation(f"agent {ag.id}: on call without work")
-
-
-

@@ -176,7 +176,9 @@ class ReferenceMatcher:
         if not call.timed:
             call.timed = True
             for i in range(call.step, len(queue.steps)):
-                self.scheduler.schedule(call.enq + queue.steps[i].after, ("relax", call.spec.id, i + 1))
+                self.scheduler.schedule(
+                    call.enq + queue.steps[i].after, ("relax", call.spec.id, i + 1)
+                )
             if queue.max_wait:
                 self.scheduler.schedule(call.enq + queue.max_wait, ("max-wait", call.spec.id, 0))
 
@@ -409,7 +411,9 @@ class ReferenceMatcher:
         return None if call is None else call.state
 
     def waiting(self, queue_id: str) -> int:
-        return sum(1 for c in self.calls.values() if c.state == "waiting" and c.queue.id == queue_id)
+        return sum(
+            1 for c in self.calls.values() if c.state == "waiting" and c.queue.id == queue_id
+        )
 
     def waiting_calls(self, queue_id: str) -> list[str]:
         calls = [c for c in self.calls.values() if c.state == "waiting" and c.queue.id == queue_id]
@@ -422,8 +426,8 @@ class ReferenceMatcher:
             if call.state != "waiting":
                 continue
             for ag in self.agents.values():
-                if call.spec.channel in self._free_channels(ag) and call.reqs[
-                    call.step
-                ].matches(ag.spec.skills):
+                if call.spec.channel in self._free_channels(ag) and call.reqs[call.step].matches(
+                    ag.spec.skills
+                ):
                     pairs.append((call.spec.id, ag.spec.id))
         return pairs

@@ -4,12 +4,12 @@ Grammar (keywords are case-insensitive, skills are lower-case names)::
 
     expr   := conj ("or" conj)*
     conj   := unary ("and" unary)*
-    unary  := "not" unary | "(" expr ")" | "any" | skill [op level]
+    unary  := "not" unary | "(" expr ")" | "any" | "none" | skill [op level]
     op     := ">=" | ">" | "<=" | "<" | "==" | "!="
     level  := 0..10
 
 A bare skill means `skill >= 1`; an agent without a skill has level 0 in it, so `not mandarin`
-means "level 0 in mandarin". `any` matches every agent.
+means "level 0 in mandarin". `any` matches every agent, `none` no agent.
 
 Every expression is normalised into disjunctive normal form: a tuple of conjunctions, each a
 sorted tuple of `(skill, lo, hi)` level intervals. Conjunctions implied by another one are
@@ -36,7 +36,7 @@ Conjunction = tuple[Interval, ...]
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_\-]*)|(?P<op>>=|<=|==|!=|>|<)|(?P<par>[()]))"
 )
-_KEYWORDS = frozenset({"and", "or", "not", "any"})
+_KEYWORDS = frozenset({"and", "or", "not", "any", "none"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +207,10 @@ class _Parser:
                 raise self._fail("missing ')'")
             self.pos += 1
             return inner
-        if kind == "kw" and value == "any":
+        if kind == "kw" and value in ("any", "none"):
             self.pos += 1
-            return () if negate else ((),)
+            always = value == "any"
+            return ((),) if always != negate else ()
         if kind != "name":
             raise self._fail(f"expected a skill name, got {value!r}")
         self.pos += 1

@@ -93,7 +93,9 @@ agent_specs = st.builds(
 
 
 class Harness:
-    def __init__(self, queues: list[QueueSpec], agents: list[tuple[dict[str, int], dict[str, int]]]):
+    def __init__(
+        self, queues: list[QueueSpec], agents: list[tuple[dict[str, int], dict[str, int]]]
+    ):
         self.clock_m = RecordingClock()
         self.clock_r = RecordingClock()
         self.m = Matcher(self.clock_m, max_misses=2)
@@ -248,14 +250,18 @@ class Harness:
         else:
             agent = data.draw(st.sampled_from(sorted(self.r.agents)))
             if kind == "pause":
-                self.both("pause", agent, data.draw(st.sampled_from(["lunch", "coaching"])), self.now)
+                self.both(
+                    "pause", agent, data.draw(st.sampled_from(["lunch", "coaching"])), self.now
+                )
             elif kind == "resume":
                 self.both("resume", agent, self.now)
             elif kind == "logout":
                 self.both("logout", agent, self.now)
             else:
                 call = data.draw(st.sampled_from(sorted(self.live) or ["nope"]))
-                self.both(data.draw(st.sampled_from(["answered", "no_answer"])), call, agent, self.now)
+                self.both(
+                    data.draw(st.sampled_from(["answered", "no_answer"])), call, agent, self.now
+                )
         # The harness's own view of ringing/connected must follow the reference.
         self.ringing = {c: set(v.agents) for c, v in self.r.calls.items() if v.state == "offered"}
         self.offer_of = {a: c for c, agents in self.ringing.items() for a in agents}
@@ -278,7 +284,8 @@ def test_matcher_decides_like_reference(
     queues: list[QueueSpec], agents: list[tuple[dict[str, int], dict[str, int]]], data: Any
 ) -> None:
     queues = [
-        QueueSpec(**{**_fields(q), "id": f"q{i}"}) for i, q in enumerate(queues)  # unique ids
+        QueueSpec(**{**_fields(q), "id": f"q{i}"})
+        for i, q in enumerate(queues)  # unique ids
     ]
     h = Harness(queues, agents)
     h.record_events = True

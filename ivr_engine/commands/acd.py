@@ -1,0 +1,124 @@
+"""`ivr-engine acd simulate` and `ivr-engine acd bench`: the ACD core without telephony."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ivr_engine.errors import ConfigError
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from acd import sim
+    from acd.model import Strategy
+
+    if args.agents < 1 or args.calls <= 0:
+        raise ConfigError("--agents must be >= 1 and --calls > 0", source="command line")
+    scenario = sim.bank_day(agents=args.agents, calls=args.calls, seed=args.seed)
+    if args.strategy == "all":
+        strategies: list[Strategy | None] = [None, *Strategy]
+    elif args.strategy == "configured":
+        strategies = [None]
+    else:
+        strategies = [Strategy(args.strategy)]
+    reports = [sim.simulate(scenario, s) for s in strategies]
+    if args.json:
+        print(json.dumps([_report_dict(r) for r in reports], indent=2, default=float))
+        return 0
+    first = reports[0]
+    print(
+        f"bank day: {len(scenario.agents)} agents, {first.total['offered']} calls, "
+        f"service level target {scenario.sl_target:.0%} in {scenario.sl_seconds:.0f} s"
+    )
+    for r in reports:
+        print(
+            f"\nstrategy: {r.strategy}   occupancy {r.occupancy:.1%}   waited at all {r.p_wait:.1%}"
+        )
+        print(
+            f"  {'queue':<12}{'offered':>8}{'SL':>8}{'ASA s':>8}{'aband.':>8}"
+            f"{'overfl.':>8}{'occ.elig':>9}"
+        )
+        for qid, q in [*r.queues.items(), ("ALL", r.total)]:
+            print(
+                f"  {qid:<12}{q['offered']:>8}{q['service_level']:>8.1%}{q['asa_s']:>8.1f}"
+                f"{q['abandon_rate']:>8.1%}{q['overflowed']:>8}"
+                f"{q['occupancy_of_eligible']:>9.1%}"
+            )
+    e = first.erlang
+    print(
+        f"\nErlang staffing for the busiest half hour (#{e['peak_half_hour']}), "
+        f"target {scenario.sl_target:.0%}/{scenario.sl_seconds:.0f}s:"
+    )
+    print(f"  {'queue':<12}{'calls':>7}{'erlangs':>9}{'C':>5}{'A':>5}{'eligible':>10}{'sim SL':>8}")
+    for qid, row in e["queues"].items():
+        print(
+            f"  {qid:<12}{row['calls_per_half_hour']:>7.0f}{row['erlangs']:>9.1f}"
+            f"{row['agents_erlang_c']:>5}{row.get('agents_erlang_a', '-'):>5}"
+            f"{row['eligible_agents']:>10}{first.queues[qid]['service_level']:>8.1%}"
+        )
+    c = e["centre"]
+    print(
+        f"  {'centre':<12}{c['calls_per_half_hour']:>7.0f}{c['erlangs']:>9.1f}"
+        f"{c['agents_erlang_c']:>5}{c.get('agents_erlang_a', '-'):>5}"
+        f"{c['agents_on_roster']:>10}{first.total['service_level']:>8.1%}"
+    )
+    print(
+        "  (C, A: agents Erlang C / Erlang A need for the target if the queue had its own "
+        "agents; skills-based routing shares agents across queues)"
+    )
+    return 0
+
+
+def _report_dict(r: Any) -> dict[str, Any]:
+    return {
+        "strategy": r.strategy,
+        "occupancy": r.occupancy,
+        "p_wait": r.p_wait,
+        "total": r.total,
+        "queues": r.queues,
+        "erlang": r.erlang,
+    }
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from acd import bench
+
+    result = bench.run(quick=args.quick, seed=args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        s = result["summary"]
+        print(json.dumps(s, indent=2))
+        for n, r in result["sizes"].items():
+            ref = r["reference"]
+            print(
+                f"{n:>7} agents: {r['decisions_per_s']:>8} decisions/s  mean {r['mean_us']} us"
+                f"  p99 {r['p99_us']} us  reference x{ref['speedup']} "
+                f"({ref['events_compared']} events, identical={ref['identical']})"
+            )
+    return 0 if result["summary"]["identical"] else 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from acd.model import Strategy
+
+    parser = sub.add_parser("acd", help="ACD core: simulate a day, benchmark the matcher")
+    cmds = parser.add_subparsers(dest="acd_command", metavar="ACTION", required=True)
+    s = cmds.add_parser("simulate", help="a day of bank-hotline traffic through the matcher")
+    s.add_argument("--agents", type=int, default=70)
+    s.add_argument("--calls", type=float, default=6000.0, help="expected calls in the day")
+    s.add_argument(
+        "--strategy",
+        default="all",
+        choices=["all", "configured", *(st.value for st in Strategy)],
+        help="compare every strategy (default), keep each queue's own, or force one",
+    )
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_simulate)
+    b = cmds.add_parser("bench", help="heap matcher vs brute-force reference at 1k/10k/100k")
+    b.add_argument("--json", action="store_true", help="print the full JSON result")
+    b.add_argument("--quick", action="store_true", help="shorter traces (a smoke run)")
+    b.add_argument("--seed", type=int, default=20261125)
+    b.set_defaults(func=_bench)
