@@ -1,4 +1,4 @@
-"""`ivr-engine call`: place one real SIP call into the PBX as a carrier would, with a DTMF script."""
+"""`ivr-engine call`: place one real SIP call into the PBX, as a carrier would, with DTMF."""
 
 from __future__ import annotations
 

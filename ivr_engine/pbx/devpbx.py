@@ -38,6 +38,7 @@ from ivr_engine.errors import DevPbxError
 from ivr_engine.pbx import ami_probe, conf, rootfs
 from ivr_engine.pbx.asterisk_log import AsteriskLog, LogMark, problems
 from ivr_engine.pbx.rootfs import CHROOT_ENV, BuildSpec, Progress
+from ivr_engine.prompts.catalogue import SOUNDS_DIR
 
 if TYPE_CHECKING:
     from ivr_engine.config import Settings
@@ -136,8 +137,12 @@ class DevPbx:
         expected_ami_port: int | None = None,
         spec: BuildSpec | None = None,
         progress: Progress = _quiet,
+        shared_dirs: Sequence[Path] = (),
     ):
         self.root = root.absolute()
+        # Host folders Asterisk must read at the same absolute path (the daemon's prompt
+        # sounds): bind-mounted read-only into the root, so STREAM FILE paths work unchanged.
+        self.shared_dirs = tuple(d.absolute() for d in shared_dirs)
         self.state_dir = self.root.parent
         self.conf_dirs = tuple(d.absolute() for d in conf_dirs)
         self.ami_user = ami_user
@@ -170,6 +175,7 @@ class DevPbx:
             ami_secret=settings.ami.secret,
             expected_ami_port=settings.ami.port,
             progress=progress,
+            shared_dirs=(resolve(settings.prompts.dir) / SOUNDS_DIR,),
         )
 
     @property
@@ -660,6 +666,23 @@ class DevPbx:
                     f"{r.stderr.decode(errors='replace').strip()}"
                 )
             made.append(str(proc_dir.resolve()))
+        for host_dir in self.shared_dirs:
+            host_dir.mkdir(parents=True, exist_ok=True)
+            target = self.root / str(host_dir).lstrip("/")
+            if str(target.resolve()) in present:
+                continue
+            target.mkdir(parents=True, exist_ok=True)
+            for argv in (
+                ["mount", "--bind", str(host_dir), str(target)],
+                ["mount", "-o", "remount,bind,ro", str(target)],
+            ):
+                r = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+                if r.returncode != 0:
+                    raise DevPbxError(
+                        f"could not share {host_dir} with the root: "
+                        f"{r.stderr.decode(errors='replace').strip()}"
+                    )
+            made.append(str(target.resolve()))
         (self.root / "etc/hosts").write_text(hosts_file(socket.gethostname()))
         (self.root / "etc/resolv.conf").write_text(RESOLV_CONF)
         for d in ASTERISK_DIRS:

@@ -1,0 +1,211 @@
+"""The composition root: builds every part of the daemon, wires them, owns their lifetimes.
+
+```
+Asterisk --FastAGI--> FastAgiServer --AgiSession--> Engine.handle_call
+                                                     |  AgiCallChannel (CallChannel)
+                                                     |  Interpreter(flows of this call's version)
+                                                     |  Services: CIF sources, queue gateway,
+                                                     |            audit sink, call observer
+                                                     v
+                                  CallRecorder (SQLite)   AuditLog (SQLite)   MqttNotifier
+```
+
+Only this module (and `cli.py`) wires concrete classes. A call's task catches `Exception`,
+logs it with the call id, and sends the caller to a person: never into silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ivr_engine.agi_channel import AgiCallChannel
+from ivr_engine.audit import AuditLog
+from ivr_engine.cif.store import CifStore
+from ivr_engine.config import Settings
+from ivr_engine.events import MqttNotifier
+from ivr_engine.flow.deploy import FlowRegistry
+from ivr_engine.flow.interpreter import Interpreter
+from ivr_engine.flow.services import DialplanQueueGateway, Services
+from ivr_engine.log import call_id_var
+from ivr_engine.prompts import PromptCatalogue
+from ivr_engine.records import CallRecord, CallRecorder, CallRecordStore
+from ivr_engine.sources import (
+    CallContext,
+    CallTrace,
+    RecordAuditSink,
+    RecordingQueueGateway,
+    build_sources,
+)
+from ivr_engine.transport.ami import AmiClient
+from ivr_engine.transport.fastagi import AgiSession, FastAgiServer
+
+log = logging.getLogger(__name__)
+
+
+class _NullNotifier:
+    """Stands in for MQTT when it is disabled in the settings."""
+
+    published = 0
+    dropped = 0
+
+    def publish(self, topic: str, payload: Any, *, retain: bool = False, qos: int = 0) -> None:
+        return None
+
+
+class Engine:
+    """The daemon: `await Engine(settings).run()` serves calls until `stop()`."""
+
+    def __init__(self, settings: Settings, *, base_dir: str | Path = ".") -> None:
+        self.settings = settings
+        self.base = Path(base_dir)
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.calls_started = 0
+        self.calls_failed = 0
+        self.server: FastAgiServer | None = None
+        self.cif: CifStore | None = None
+        self.recorder: CallRecorder | None = None
+        self.audit: AuditLog | None = None
+        self.notifier: MqttNotifier | _NullNotifier = _NullNotifier()
+        self.ami: AmiClient | None = None
+        self.catalogue: PromptCatalogue | None = None
+        self.registry: FlowRegistry | None = None
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.base / p
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, install_signals: bool = False) -> None:
+        s = self.settings
+        self.catalogue = PromptCatalogue.load(self.path(s.prompts.dir))
+        self.registry = FlowRegistry(
+            self.path(s.flows.deploy_dir),
+            entry=s.flows.entry,
+            catalogue=self.catalogue,
+            fallback=self.path(s.flows.dir),
+        )
+        flows = self.registry.current()  # a flow set that does not load stops start-up here
+        for p in (s.store.path, s.store.audit_path):
+            self.path(p).parent.mkdir(parents=True, exist_ok=True)
+        async with contextlib.AsyncExitStack() as stack:
+            self.cif = await CifStore.open(self.path(s.store.path))
+            stack.push_async_callback(self.cif.close)
+            store = await CallRecordStore.open(self.path(s.store.path))
+            stack.push_async_callback(store.close)
+            self.recorder = await stack.enter_async_context(CallRecorder(store))
+            self.audit = await AuditLog.open(self.path(s.store.audit_path))
+            stack.push_async_callback(self.audit.close)
+            if s.mqtt.enabled:
+                notifier = MqttNotifier(s.mqtt)
+                await notifier.start()
+                stack.push_async_callback(notifier.close)
+                self.notifier = notifier
+            if s.ami.enabled:
+                self.ami = AmiClient(s.ami)
+                stack.push_async_callback(self.ami.close)
+                asyncio.get_running_loop().create_task(self._connect_ami(), name="ami-connect")
+            self.server = FastAgiServer.from_settings(self.handle_call, s.agi)
+            await self.server.start()
+            stack.push_async_callback(self.server.close)  # stop accepting, drain, cancel
+            if install_signals:
+                self._install_signals()
+            log.info(
+                "serving FastAGI on %s:%d (flows %s, entry %r)",
+                s.agi.host,
+                self.server.port,
+                flows.version,
+                flows.entry,
+            )
+            self.ready.set()
+            await self._stop.wait()
+            log.info("stopping: no new calls; %d in progress", self.server.active_sessions)
+
+    async def _connect_ami(self) -> None:
+        if self.ami is None:
+            return
+        try:
+            await self.ami.connect()
+        except Exception as exc:  # the PBX may come later; calls do not depend on AMI
+            log.warning("AMI not connected yet: %s", exc)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        if self.registry is not None:
+            self.registry.install_sighup(loop)
+
+    # ------------------------------------------------------------------ one call
+
+    async def handle_call(self, session: AgiSession) -> None:
+        env = session.env
+        call_id = env.uniqueid or f"local-{time.monotonic_ns()}"
+        token = call_id_var.set(call_id)
+        self.calls_started += 1
+        record: CallRecord | None = None
+        try:
+            if self.registry is None or self.catalogue is None or self.recorder is None:
+                raise RuntimeError("engine not started")
+            flows = self.registry.current()
+            script = env.network_script.strip("/") or (flows.entry or "")
+            channel = AgiCallChannel(session, sound_dir=str(self.catalogue.sound_root()))
+            record = CallRecord.start(
+                call_id,
+                channel.caller.number or None,
+                flow_name=script,
+                flow_version=flows.version,
+            )
+            ctx = CallContext(call_id=call_id, record=record)
+            services = Services(
+                sources=build_sources(self, ctx),
+                queue=RecordingQueueGateway(DialplanQueueGateway(), ctx, self.notifier),
+                audit=RecordAuditSink(self.audit, ctx),
+                observer=CallTrace(ctx, self.notifier),
+            )
+            self.notifier.publish(
+                f"call/{call_id}/CallStarted",
+                {"event": "CallStarted", "call_id": call_id, "caller": record.caller},
+            )
+            interpreter = Interpreter(flows, services, self.catalogue)
+            outcome = await interpreter.run(channel, script, flows=flows)
+            ctx.finish(outcome)
+        except Exception:
+            self.calls_failed += 1
+            log.exception("call failed; sending the caller to a person")
+            if record is not None:
+                record.end("error")
+            # FAILURE makes AGISTATUS=FAILURE: the dialplan's fallback takes the caller.
+            await session.end_with_failure()
+        finally:
+            if record is not None:
+                self.recorder.submit(record)  # type: ignore[union-attr]
+                self.notifier.publish(
+                    f"call/{call_id}/CallEnded",
+                    {"event": "CallEnded", "call_id": call_id, "outcome": str(record.outcome)},
+                )
+            call_id_var.reset(token)
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[Engine], None] | None = None) -> int:
+    engine = Engine(settings)
+    if on_ready is not None:
+
+        async def announce() -> None:
+            await engine.ready.wait()
+            on_ready(engine)
+
+        task = asyncio.get_running_loop().create_task(announce(), name="announce-ready")
+    await engine.run(install_signals=True)
+    if on_ready is not None:
+        task.cancel()
+    return 0
