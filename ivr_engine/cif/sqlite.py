@@ -141,8 +141,11 @@ async def _migrate(
             f"({latest}); upgrade ivr-engine"
         )
     if readonly:
+        if current == 0:
+            raise StoreError(f"{where}: holds no {component} data yet (nothing was written)")
         if current < latest:
-            raise StoreError(f"{where}: schema version {current} needs migrating to {latest}")
+            raise StoreError(f"{where}: schema version {current} needs migrating to {latest}"
+                             " (open it once with a current ivr-engine that writes)")
         return
     for migration in migrations[current:]:
         await db.execute("BEGIN IMMEDIATE")
