@@ -104,4 +104,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX service_requests_customer ON service_requests(customer_id)",
         ),
     ),
+    Migration(
+        2,
+        "payments: transfers and wealth-product purchases made on the hotline",
+        (
+            """CREATE TABLE payments (
+                id INTEGER PRIMARY KEY,
+                customer_id INTEGER NOT NULL REFERENCES customers(id) ON DELETE CASCADE,
+                account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                kind TEXT NOT NULL CHECK (kind IN ('transfer', 'wealth_purchase')),
+                amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
+                counterparty_last4 TEXT NOT NULL DEFAULT '',
+                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+            )""",
+            "CREATE INDEX payments_customer ON payments(customer_id)",
+        ),
+    ),
 )

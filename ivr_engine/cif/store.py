@@ -546,6 +546,57 @@ class CifStore:
             for r in rows
         ]
 
+    async def debit(
+        self,
+        customer_id: int,
+        amount_cents: int,
+        *,
+        kind: str,
+        counterparty_last4: str = "",
+    ) -> str:
+        """Pay `amount_cents` out of the customer's first account (a transfer or a wealth
+        purchase the caller confirmed); returns the payment reference. Refuses an amount the
+        balance does not cover. Only the counterparty's last 4 digits are kept."""
+        if kind not in {"transfer", "wealth_purchase"}:
+            raise InvalidRequest(f"unknown payment kind {kind!r}")
+        if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
+            raise InvalidRequest("the amount must be a positive whole number of cents")
+        last4_ok = counterparty_last4.isdigit() and len(counterparty_last4) == 4
+        if counterparty_last4 and not last4_ok:
+            raise InvalidRequest("only the last 4 digits of the counterparty are kept")
+        async with self._write_lock, store_errors(f"CIF {kind}"):
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                async with self._db.execute(
+                    "SELECT id, balance_cents FROM accounts WHERE customer_id = ?"
+                    " ORDER BY id LIMIT 1",
+                    (customer_id,),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    raise InvalidRequest(f"customer {customer_id} has no account")
+                if int(row[1]) < amount_cents:
+                    raise InvalidRequest("the balance does not cover the amount")
+                await self._db.execute(
+                    "UPDATE accounts SET balance_cents = balance_cents - ? WHERE id = ?",
+                    (amount_cents, row[0]),
+                )
+                async with self._db.execute(
+                    "INSERT INTO payments (customer_id, account_id, kind, amount_cents,"
+                    " counterparty_last4) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                    (customer_id, row[0], kind, amount_cents, counterparty_last4),
+                ) as cur:
+                    pay = await cur.fetchone()
+                await self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
+        if pay is None:
+            raise StoreError(f"CIF {kind}: no row returned")
+        prefix = "T" if kind == "transfer" else "W"
+        return f"{prefix}-{int(pay[0]):06d}"
+
     # --- PIN ---------------------------------------------------------------------------------
 
     async def pin_state(self, customer_id: int) -> PinState:

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from ivr_engine.cif.bench import render, run_bench
+from ivr_engine.cif.schema import MIGRATIONS as CIF_MIGRATIONS
 from ivr_engine.cif.store import CifStore
 from ivr_engine.records import CallRecordStore
 
@@ -29,4 +30,4 @@ async def test_cif_and_call_records_share_one_file(tmp_path: Path) -> None:
         versions = conn.execute(
             "SELECT component, version FROM schema_version ORDER BY component"
         ).fetchall()
-    assert versions == [("call_records", 1), ("cif", 1)]
+    assert versions == [("call_records", 1), *(("cif", m.version) for m in CIF_MIGRATIONS)]

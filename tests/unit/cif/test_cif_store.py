@@ -11,6 +11,7 @@ import pytest
 
 from ivr_engine.cif.errors import CardStateError, InvalidCardNumber, InvalidRequest, UnknownCard
 from ivr_engine.cif.model import CardStatus, Language, ServiceTier
+from ivr_engine.cif.schema import MIGRATIONS as CIF_MIGRATIONS
 from ivr_engine.cif.seed import DEV_PIN, PERSONA_CARDS, PERSONA_NUMBERS, seed
 from ivr_engine.cif.sqlite import SchemaTooNew
 from ivr_engine.cif.store import CifStore
@@ -203,10 +204,12 @@ async def test_schema_version_and_newer_db_refused(tmp_path: Path) -> None:
         pass
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT component, version FROM schema_version").fetchall()
-        assert rows == [("cif", 1)]
+        assert rows == [("cif", m.version) for m in CIF_MIGRATIONS]
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        future = CIF_MIGRATIONS[-1].version + 1
         conn.execute(
-            "INSERT INTO schema_version VALUES ('cif', 2, 'from the future', '2030-01-01')"
+            "INSERT INTO schema_version VALUES ('cif', ?, 'from the future', '2030-01-01')",
+            (future,),
         )
     with pytest.raises(SchemaTooNew, match="newer"):
         await CifStore.open(path, pan_key=KEY)

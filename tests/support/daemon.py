@@ -1,0 +1,88 @@
+"""Run the real daemon (`ivr-engine serve`) as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Daemon:
+    """`ivr-engine serve` with its own SQLite files and log, on the configured AGI port."""
+
+    def __init__(self, workdir: Path, *, extra_env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.db = workdir / "ivr.sqlite3"
+        self.audit = workdir / "audit.sqlite3"
+        self.log = workdir / "daemon.log"
+        self.env = {
+            **os.environ,
+            "IVR_ENGINE_STORE_PATH": str(self.db),
+            "IVR_ENGINE_STORE_AUDIT_PATH": str(self.audit),
+            "IVR_ENGINE_FLOWS_DEPLOY_DIR": str(workdir / "deployed"),
+            "IVR_ENGINE_LOG_FILE": str(self.log),
+            "IVR_ENGINE_LOG_LEVEL": "DEBUG",
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ivr_engine.cli", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=check,
+        )
+
+    def seed(self, customers: int = 0) -> None:
+        self.cli("cif", "seed", "--customers", str(customers))
+
+    def start(self, timeout: float = 30.0) -> None:
+        out = open(self.workdir / "daemon.out", "wb")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ivr_engine.cli", "serve"],
+            cwd=REPO,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.output()}")
+            if "serving FastAGI" in self.output():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"daemon did not start in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        p = self.workdir / "daemon.out"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
