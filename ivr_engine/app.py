@@ -64,7 +64,8 @@ class Engine:
 
     def __init__(self, settings: Settings, *, base_dir: str | Path = ".") -> None:
         self.settings = settings
-        self.base = Path(base_dir)
+        # Absolute: Asterisk resolves the prompt paths we hand it, not relative to our cwd.
+        self.base = Path(base_dir).resolve()
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.calls_started = 0

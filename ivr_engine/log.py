@@ -33,3 +33,5 @@ def setup(level: str | int = "INFO", *, stream: object = None, logfile: str | No
         handler._ivr_engine = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+    # aiosqlite logs every statement at DEBUG: too much even for a debugging session.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))

@@ -12,6 +12,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `ivr-engine ARGS` from the repo; raises with its output when it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ivr_engine.cli", *args],
+        cwd=REPO,
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"ivr-engine {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 class Daemon:
     """`ivr-engine serve` with its own SQLite files and log, on the configured AGI port."""
 
@@ -31,29 +47,21 @@ class Daemon:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ivr_engine.cli", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=check,
-        )
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=self.env)
 
     def seed(self, customers: int = 0) -> None:
         self.cli("cif", "seed", "--customers", str(customers))
 
     def start(self, timeout: float = 30.0) -> None:
-        out = open(self.workdir / "daemon.out", "wb")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ivr_engine.cli", "serve"],
-            cwd=REPO,
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.workdir / "daemon.out", "wb") as out:  # the child keeps its own fd
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ivr_engine.cli", "serve"],
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
