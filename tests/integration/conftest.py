@@ -59,3 +59,13 @@ def dev_pbx() -> Iterator[DevPbx]:
                 pbx.down()
             elif result.started:
                 _progress(f"leaving the PBX running for lease holders {others}")
+
+
+@pytest.fixture
+def hotline() -> Iterator[None]:
+    """Exclusive use of the hotline (4008 -> 127.0.0.1:4573) for one test: see
+    tests/support/hotline.py."""
+    from tests.support.hotline import hotline_lock
+
+    with hotline_lock():
+        yield

@@ -25,7 +25,7 @@ def prompts_built():
 
 
 @pytest.fixture
-def daemon(dev_pbx, prompts_built, tmp_path):
+def daemon(dev_pbx, hotline, prompts_built, tmp_path):
     d = Daemon(tmp_path)
     d.seed(customers=0)
     d.start()
@@ -120,7 +120,9 @@ def _operator_answers(sip_port: int, caller_number: str) -> dict:
                 "operator_saw": op.incoming[0].remote_uri}
 
 
-def test_daemon_killed_dialplan_fallback_reaches_operator(dev_pbx, prompts_built, tmp_path):
+def test_daemon_killed_dialplan_fallback_reaches_operator(
+    dev_pbx, hotline, prompts_built, tmp_path
+):
     d = Daemon(tmp_path)
     d.seed(customers=0)
     d.start()

@@ -26,6 +26,7 @@ import pytest
 from ivr_engine.pbx import DevPbx, problems
 from ivr_engine.pbx.ami_probe import AmiFramer, AmiMessage, encode_action
 from ivr_engine.pbx.conf import conf_sources, parse_conf
+from tests.support.hotline import hotline_lock
 
 pytestmark = pytest.mark.pbx
 
@@ -307,6 +308,11 @@ Content-Length: 0
 def agi_port_refusing() -> Iterator[None]:
     """Hold 127.0.0.1:4573 bound but not listening: connections are refused (the daemon is
     down), and no daemon of a parallel test run can answer the call instead."""
+    with hotline_lock():
+        yield from _refusing()
+
+
+def _refusing() -> Iterator[None]:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.bind(("127.0.0.1", AGI_PORT))
@@ -505,7 +511,7 @@ class FakeDaemon:
 
 
 @pytest.mark.sip
-def test_trunk_takes_sip_info_dtmf_and_the_next_hook(dev_pbx: DevPbx) -> None:
+def test_trunk_takes_sip_info_dtmf_and_the_next_hook(dev_pbx: DevPbx, hotline: None) -> None:
     dev_pbx.in_root("/tmp/ivr-engine-info-dtmf.xml").write_text(INFO_DTMF_CALL)
     mark = dev_pbx.mark()
     cdr_before = len(_cdr_rows(dev_pbx))

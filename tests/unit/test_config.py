@@ -7,7 +7,8 @@ from ivr_engine.errors import ConfigError
 def test_file_then_environment_then_overrides(tmp_path):
     f = tmp_path / "ivr.toml"
     f.write_text('[agi]\nport = 5000\nallow = ["10.0.0.0/8"]\n[ami]\nsecret = "s3cret"\n')
-    s = config.load(f, environ={"IVR_ENGINE_AGI_PORT": "6000"}, overrides={"log": {"level": "DEBUG"}})
+    env = {"IVR_ENGINE_AGI_PORT": "6000"}
+    s = config.load(f, environ=env, overrides={"log": {"level": "DEBUG"}})
     assert s.agi.port == 6000
     assert s.agi.allow == ("10.0.0.0/8",)
     assert s.log.level == "DEBUG"

@@ -24,7 +24,9 @@ def speech_wav(tmp_path_factory):
 def test_call_hears_prompt_and_dtmf_arrives_by_info(speech_wav):
     assert shutil.which("espeak-ng") and shutil.which("sox")
     with SipStack() as stack:
-        callee = stack.agent("4008", "x", registrar=None, auto_answer_after=0.1, play_file=speech_wav)
+        callee = stack.agent(
+            "4008", "x", registrar=None, auto_answer_after=0.1, play_file=speech_wav
+        )
         caller = stack.caller("13800138000", name="Wang")
         call = caller.call(f"sip:4008@127.0.0.1:{stack.local_port}")
         call.wait_connected(5)
