@@ -58,7 +58,10 @@ lint: venv
 
 bench: venv
 	$(BIN)/ivr-engine acd bench --json
+	$(BIN)/ivr-engine flows bench
+	$(BIN)/ivr-engine prompts bench
+	$(BIN)/ivr-engine cif bench --json
 
+# Refuses while anything is still mounted in the root (a test session may hold a lease).
 clean-pbx:
-	-$(BIN)/ivr-engine pbx down
-	rm -rf .pbx
+	$(BIN)/ivr-engine pbx clean
