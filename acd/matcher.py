@@ -58,7 +58,7 @@ from acd.model import (
     Withdraw,
     check_priority,
 )
-from acd.requirement import MAX_LEVEL, Conjunction, Requirement, anchor
+from acd.requirement import MAX_LEVEL, Conjunction, Requirement
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +116,28 @@ class _Req:
         self.idx = idx
         self.calls: dict[str, _Heap] = {}
         # (strategy kind, channel) -> the idle heaps whose union is exactly the eligible agents
-        self.views: dict[tuple[Kind, str], list[_Heap]] = {}
+        self.views: dict[tuple[int, str], list[_Heap]] = {}
 
 
 class _Queue:
-    __slots__ = ("spec", "id", "reqs", "kind", "waiting", "ring_all", "steps", "max_wait")
+    __slots__ = (
+        "spec",
+        "id",
+        "reqs",
+        "kind",
+        "kind_id",
+        "waiting",
+        "ring_all",
+        "steps",
+        "max_wait",
+    )
 
-    def __init__(self, spec: QueueSpec, reqs: list[_Req], kind: Kind):
+    def __init__(self, spec: QueueSpec, reqs: list[_Req], kind: Kind, kind_id: int):
         self.spec = spec
         self.id = spec.id
         self.reqs = reqs
         self.kind = kind
+        self.kind_id = kind_id
         self.waiting = 0
         self.ring_all = spec.strategy is Strategy.RING_ALL
         self.steps = tuple(step.after for step in spec.steps)
@@ -224,6 +235,11 @@ class Matcher:
         self._multi_reqs: dict[Conjunction, list[_Req]] = {}
         self._multi_kinds: dict[Conjunction, list[Kind]] = {}
         self._idle_heaps: dict[tuple[Any, ...], _Heap] = {}
+        self._kind_ids: dict[Kind, int] = {}
+        self._conj_id: dict[Conjunction, int] = {}
+        self._slot_targets: dict[
+            tuple[Any, ...], tuple[list[_Heap], list[tuple[_Heap, int, tuple[str, ...]]]]
+        ] = {}
         self._agents: dict[str, _Agent] = {}
         self._by_idx: list[_Agent] = []
         # Version of each agent (by index): an idle entry is live iff its version is current.
@@ -260,12 +276,13 @@ class Matcher:
                 req = _Req(requirement, len(self._reqs))
                 self._reqs[requirement] = req
             reqs.append(req)
-        self._queues[spec.id] = _Queue(spec, reqs, kind)
+        kind_id = self._kind_ids.setdefault(kind, len(self._kind_ids))
+        self._queues[spec.id] = _Queue(spec, reqs, kind, kind_id)
         self._rebuild_index()
         for ag in self._by_idx:
             self._index_agent(ag)
             if self._channels_free(ag):
-                self._push_idle(ag, None)
+                self._push_idle(ag, None, self._channels_free(ag))
 
     def _rebuild_index(self) -> None:
         """Index the conjunctions of every requirement in force.
@@ -318,15 +335,26 @@ class Matcher:
                         lst.append(req)
         self._atom_reqs = atom_reqs
         self._multi_reqs = multi_reqs
+        # Anchor each multi-skill conjunction on its least-used skill (fewest candidates to test
+        # when an agent registers).
+        use: dict[str, int] = {}
+        for req in self._reqs.values():
+            for conj in req.requirement.conjunctions:
+                for skill, _lo, _hi in conj:
+                    use[skill] = use.get(skill, 0) + 1
         self._multi_by_skill = {}
         self._multi_free = []
+        self._conj_id = {}
         for conj in multi_reqs:
-            anchored = anchor(conj)
-            if anchored is None:
+            self._conj_id[conj] = len(self._conj_id)
+            positive = [s for s, lo, _hi in conj if lo >= 1]
+            if not positive:
                 self._multi_free.append(conj)
             else:
-                self._multi_by_skill.setdefault(anchored, []).append(conj)
+                rarest = min(positive, key=lambda sk: (use[sk], sk))
+                self._multi_by_skill.setdefault(rarest, []).append(conj)
         self._idle_heaps = {}
+        self._slot_targets = {}
 
     def _idle_heap(self, key: tuple[Any, ...]) -> _Heap:
         heap = self._idle_heaps.get(key)
@@ -344,23 +372,53 @@ class Matcher:
                 for bucket in range(buckets[lo], buckets[hi] + 1):
                     heaps.append(self._idle_heap((skill, bucket, kind, channel)))
             else:
-                heaps.append(self._idle_heap((conj, kind, channel)))
-        req.views[(kind, channel)] = heaps
+                heaps.append(self._idle_heap((self._conj_id[conj], kind, channel)))
+        req.views[(self._kind_ids[kind], channel)] = heaps
         return heaps
 
+    def _targets(
+        self, slot: tuple[Any, ...], kinds: list[Kind], channel: str
+    ) -> tuple[list[_Heap], list[tuple[_Heap, int, tuple[str, ...]]]]:
+        """The idle heaps of one slot on one channel: (longest-idle heaps, the others)."""
+        key = (*slot, channel)
+        found = self._slot_targets.get(key)
+        if found is None:
+            li: list[_Heap] = []
+            other: list[tuple[_Heap, int, tuple[str, ...]]] = []
+            for kind in kinds:
+                heap = self._idle_heap((*slot, kind, channel))
+                if kind[0] == LI:
+                    li.append(heap)
+                else:
+                    other.append((heap, kind[0], kind[1]))
+            found = self._slot_targets[key] = (li, other)
+        return found
+
     def _index_agent(self, ag: _Agent) -> None:
+        """Find the requirements the agent satisfies and the idle heaps it belongs to."""
         skills = ag.skills
+        channels = ag.channels
         found: dict[int, _Req] = {}
-        targets: list[tuple[Any, Kind]] = []  # (heap key prefix, kind)
+        li: dict[str, list[_Heap]] = {c: [] for c in channels}
+        idle: dict[str, list[tuple[_Heap, int, int]]] = {c: [] for c in channels}
+
+        def join(slot: tuple[Any, ...], kinds: list[Kind]) -> None:
+            for c in channels:
+                li_heaps, others = self._targets(slot, kinds, c)
+                li[c].extend(li_heaps)
+                for heap, code, score_skills in others:
+                    negscore = -sum(skills.get(s, 0) for s in score_skills) if code == HP else 0
+                    idle[c].append((heap, code, negscore))
+
+        bucket_of = self._bucket_of
         for skill, level in skills.items():
-            buckets = self._bucket_of.get(skill)
+            buckets = bucket_of.get(skill)
             if buckets is None or buckets[level] < 0:
                 continue
-            bucket = buckets[level]
-            for req in self._atom_reqs.get((skill, bucket), ()):
+            slot = (skill, buckets[level])
+            for req in self._atom_reqs.get(slot, ()):
                 found[req.idx] = req
-            for kind in self._atom_kinds[skill]:
-                targets.append(((skill, bucket), kind))
+            join(slot, self._atom_kinds[skill])
         candidates: list[Conjunction] = list(self._multi_free)
         for skill in skills:
             more = self._multi_by_skill.get(skill)
@@ -374,23 +432,11 @@ class Matcher:
             else:
                 for req in self._multi_reqs[conj]:
                     found[req.idx] = req
-                for kind in self._multi_kinds[conj]:
-                    targets.append(((conj,), kind))
+                join((self._conj_id[conj],), self._multi_kinds[conj])
         ag.reqs = [found[i] for i in sorted(found)]
-        li: dict[str, list[_Heap]] = {c: [] for c in ag.channels}
-        idle: dict[str, list[tuple[_Heap, int, int]]] = {c: [] for c in ag.channels}
-        for prefix, kind in targets:
-            code, score_skills = kind
-            negscore = -sum(skills.get(s, 0) for s in score_skills) if code == HP else 0
-            for c in ag.channels:
-                heap = self._idle_heap((*prefix, kind, c))
-                if code == LI:
-                    li[c].append(heap)
-                else:
-                    idle[c].append((heap, code, negscore))
-        masks = dict.fromkeys(ag.channels, 0)
+        masks = dict.fromkeys(channels, 0)
         for req in ag.reqs:
-            for c in ag.channels:
+            for c in channels:
                 masks[c] |= self._call_heap(req, c).bit
         ag.li_lists = li
         ag.idle_lists = idle
@@ -442,9 +488,8 @@ class Matcher:
             return tuple(c for c in ag.shared if load[c] < cap[c])
         return ()
 
-    def _push_idle(self, ag: _Agent, now: float | None) -> None:
+    def _push_idle(self, ag: _Agent, now: float | None, chans: tuple[str, ...]) -> None:
         """Queue the agent as idle in every heap it belongs to; `now` None keeps the keys."""
-        chans = self._channels_free(ag)
         idx = ag.idx
         vers = self._vers
         vers[idx] += 1
@@ -506,7 +551,7 @@ class Matcher:
                 self._dequeue(call)
                 self._offer(call, ag, out)
                 return
-        self._push_idle(ag, now)
+        self._push_idle(ag, now, chans)
 
     def _dequeue(self, call: _Call) -> None:
         """A waiting call stops waiting (its heap entry becomes stale)."""
@@ -546,7 +591,7 @@ class Matcher:
         """Take the best idle eligible agent (ring-all: up to the limit) out of the heaps."""
         queue = call.queue
         req = call.req
-        heaps = req.views.get((queue.kind, call.channel))
+        heaps = req.views.get((queue.kind_id, call.channel))
         if heaps is None:
             heaps = self._view(req, queue.kind, call.channel)
         limit = queue.spec.ring_all_limit if queue.ring_all else 1
@@ -766,7 +811,7 @@ class Matcher:
         if ag.misses >= self.max_misses and not ag.total:
             self._move(ag, "no-answer", PAUSED)
             ag.reason = NO_ANSWER_REASON
-            log.info("agent %s paused after %d unanswered offers", ag.id, ag.misses)
+            log.debug("agent %s paused after %d unanswered offers", ag.id, ag.misses)
         else:
             self._move(ag, "no-answer", ON_CALL if ag.total else READY)
             self._agent_free(ag, now, out)
