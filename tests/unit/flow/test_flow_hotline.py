@@ -82,11 +82,29 @@ def test_known_customer_hears_name_region_and_bill_in_peak_window(
     assert "bill_statement" not in [e["prompt"] for e in t.of("prompt")]
 
 
+@pytest.mark.parametrize(
+    ("day", "announced"),
+    [
+        ((2026, 11, 19), False),  # before the peak days, due in 9 days
+        ((2026, 11, 22), True),  # peak days of the month
+        ((2026, 11, 30), True),  # past the peak days, 2 days overdue
+        ((2026, 12, 4), False),  # 6 days overdue: past the window
+    ],
+)
+def test_bill_window_is_the_peak_days_or_near_the_callers_due_date(
+    catalogue: PromptCatalogue, day: tuple[int, int, int], announced: bool
+) -> None:
+    at = dt.datetime(*day, 10, 0, tzinfo=CST)
+    t, _, _ = call(catalogue, "13800138000", "0", at=at)
+    assert ("bill_statement" in [e["prompt"] for e in t.of("prompt")]) is announced
+
+
 def test_unknown_shenzhen_landline_gets_cantonese(catalogue: PromptCatalogue) -> None:
     t, _, _ = call(catalogue, "075582345678", "0")
     said = [e["prompt"] for e in t.of("prompt")]
     assert said[:3] == ["welcome", "region_announce", "cantonese_welcome"]
     assert t.outcome is not None
+    assert t.outcome.detail["queue"] == "cantonese"
     assert t.outcome.detail["language"] == "yue" and t.outcome.detail["priority"] == "3"
     assert t.outcome.detail["skills"] == "cantonese and any"
 
@@ -162,8 +180,24 @@ def test_card_loss_blocks_after_confirmation(catalogue: PromptCatalogue) -> None
     assert "card_blocked" in [e["prompt"] for e in t.of("prompt")]
 
 
-def test_out_of_hours_agent_request(catalogue: PromptCatalogue) -> None:
-    t, _, _ = call(catalogue, "13800138000", "0,0,0", at=NIGHT)
+def test_agents_answer_round_the_clock(catalogue: PromptCatalogue) -> None:
+    t, _, _ = call(catalogue, "13800138000", "0", at=NIGHT)
+    assert t.outcome is not None and t.outcome.kind == "queue"
+    assert "after_hours" not in [e["prompt"] for e in t.of("prompt")]
+
+
+def test_out_of_hours_agent_request(catalogue: PromptCatalogue, tmp_path: Path) -> None:
+    # An admin narrows the agents' hours in the YAML (the shipped hotline is staffed 24 hours).
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    for f in FLOWS.glob("*.yaml"):
+        text = f.read_text(encoding="utf-8")
+        if f.name == "hotline.yaml":
+            assert 'hours: {daily: "00:00-24:00"}' in text
+            text = text.replace('hours: {daily: "00:00-24:00"}', 'hours: {daily: "08:00-22:00"}')
+        (flows / f.name).write_text(text, encoding="utf-8")
+    t, _, _ = try_flow(flows_dir=flows, flow="hotline", caller="13800138000", script="0,0,0",
+                       data=DATA, at=NIGHT, catalogue=catalogue)
     said = [e["prompt"] for e in t.of("prompt")]
     # twice the opening hours and back to the menu; the third time the call ends politely
     assert said.count("after_hours") == 2 and said[-1] == "goodbye"
