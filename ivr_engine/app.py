@@ -12,6 +12,21 @@ Asterisk --FastAGI--> FastAgiServer --AgiSession--> Engine.handle_call
 
 Only this module (and `cli.py`) wires concrete classes. A call's task catches `Exception`,
 logs it with the call id, and sends the caller to a person: never into silence.
+
+Faults and how the daemon meets them (each proven by a test in `tests/faults/`):
+
+- SIGTERM / SIGINT: stop accepting at once (the listening socket closes, so Asterisk gets
+  AGISTATUS=FAILURE and its fallback takes new callers); calls in progress run on until
+  `agi.drain_timeout`, then are cancelled, told FAILURE and recorded as `fallback`; the stores
+  are flushed; exit 0. The handlers are installed before anything else starts, so a signal
+  during start-up stops the daemon cleanly too.
+- AMI: the first connect runs before FastAGI serves. Refused credentials (`AmiLoginError`)
+  stop start-up: they are a configuration error that retrying cannot fix. A PBX that is not
+  there yet is retried for ever with capped backoff by the owned task "ami-connect"; after
+  the first login `AmiClient` itself reconnects (Asterisk restarts, half-open connections).
+- SIGKILL: nothing to do here; the dialplan's AGISTATUS check sends the caller to a person.
+- SQLite full or locked, MQTT broker away: calls never wait on either (`CallRecorder`,
+  `CifStore.safe_profile`, `MqttNotifier` buffer and degrade; each says so loudly once).
 """
 
 from __future__ import annotations
@@ -29,13 +44,14 @@ from ivr_engine.agi_channel import AgiCallChannel
 from ivr_engine.audit import AuditLog
 from ivr_engine.cif.store import CifStore
 from ivr_engine.config import Settings
+from ivr_engine.errors import AmiError, AmiLoginError
 from ivr_engine.events import MqttNotifier
 from ivr_engine.flow.deploy import FlowRegistry
 from ivr_engine.flow.interpreter import Interpreter
 from ivr_engine.flow.services import DialplanQueueGateway, Services
 from ivr_engine.log import call_id_var
 from ivr_engine.prompts import PromptCatalogue
-from ivr_engine.records import CallRecord, CallRecorder, CallRecordStore
+from ivr_engine.records import CallRecord, CallRecorder, CallRecordStore, Outcome
 from ivr_engine.sources import (
     CallContext,
     CallTrace,
@@ -43,7 +59,7 @@ from ivr_engine.sources import (
     RecordingQueueGateway,
     build_sources,
 )
-from ivr_engine.transport.ami import AmiClient
+from ivr_engine.transport.ami import AmiClient, Backoff
 from ivr_engine.transport.fastagi import AgiSession, FastAgiServer
 
 log = logging.getLogger(__name__)
@@ -78,6 +94,7 @@ class Engine:
         self.ami: AmiClient | None = None
         self.catalogue: PromptCatalogue | None = None
         self.registry: FlowRegistry | None = None
+        self._ami_task: asyncio.Task[None] | None = None
 
     def path(self, value: str) -> Path:
         p = Path(value)
@@ -88,6 +105,9 @@ class Engine:
 
     async def run(self, *, install_signals: bool = False) -> None:
         s = self.settings
+        if install_signals:
+            # First: a SIGTERM during start-up must stop the daemon cleanly, not kill it.
+            self._install_signals()
         self.catalogue = PromptCatalogue.load(self.path(s.prompts.dir))
         self.registry = FlowRegistry(
             self.path(s.flows.deploy_dir),
@@ -114,12 +134,19 @@ class Engine:
             if s.ami.enabled:
                 self.ami = AmiClient(s.ami)
                 stack.push_async_callback(self.ami.close)
-                asyncio.get_running_loop().create_task(self._connect_ami(), name="ami-connect")
+                if not await self._first_ami_connect():
+                    self._ami_task = asyncio.get_running_loop().create_task(
+                        self._keep_connecting_ami(), name="ami-connect"
+                    )
+                    stack.push_async_callback(self._stop_ami_task)
+            if self._stop.is_set():
+                log.info("stopped during start-up")
+                return
             self.server = FastAgiServer.from_settings(self.handle_call, s.agi)
             await self.server.start()
             stack.push_async_callback(self.server.close)  # stop accepting, drain, cancel
-            if install_signals:
-                self._install_signals()
+            if self.registry is not None and install_signals:
+                self.registry.install_sighup(asyncio.get_running_loop())
             log.info(
                 "serving FastAGI on %s:%d (flows %s, entry %r)",
                 s.agi.host,
@@ -131,20 +158,64 @@ class Engine:
             await self._stop.wait()
             log.info("stopping: no new calls; %d in progress", self.server.active_sessions)
 
-    async def _connect_ami(self) -> None:
+    async def _first_ami_connect(self) -> bool:
+        """True when logged in. Refused credentials raise (start-up stops); a PBX that is not
+        reachable is logged and retried in the background: calls do not depend on AMI."""
         if self.ami is None:
-            return
+            return False
         try:
             await self.ami.connect()
-        except Exception as exc:  # the PBX may come later; calls do not depend on AMI
-            log.warning("AMI not connected yet: %s", exc)
+        except AmiLoginError:
+            raise
+        except AmiError as exc:
+            log.warning("AMI not connected yet (%s); retrying in the background", exc)
+            return False
+        return True
+
+    async def _keep_connecting_ami(self, backoff: Backoff | None = None) -> None:
+        """Until the first login: connect with capped backoff. Afterwards `AmiClient`'s own
+        supervisor keeps the connection up."""
+        backoff = backoff or Backoff()
+        attempt = 0
+        while self.ami is not None:
+            await asyncio.sleep(backoff.delay(attempt))
+            attempt += 1
+            try:
+                await self.ami.connect()
+            except AmiLoginError as exc:
+                # The PBX came up with other credentials: loud, every time, and keep trying
+                # (an admin may fix manager.conf without restarting the daemon).
+                log.error("AMI: %s", exc)
+            except AmiError as exc:
+                log.log(
+                    logging.WARNING if attempt % 10 == 1 else logging.DEBUG,
+                    "AMI still not connected after %d attempt(s): %s",
+                    attempt,
+                    exc,
+                )
+            else:
+                log.info("AMI connected after %d attempt(s)", attempt)
+                return
+
+    async def _stop_ami_task(self) -> None:
+        task, self._ami_task = self._ami_task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        if self.registry is not None:
-            self.registry.install_sighup(loop)
+        loop.add_signal_handler(signal.SIGTERM, self._on_signal, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_signal, "SIGINT")
+
+    def _on_signal(self, name: str) -> None:
+        if self._stop.is_set():
+            log.warning("%s again: already stopping (calls drain until agi.drain_timeout)", name)
+        else:
+            log.info("%s: stopping", name)
+        self.stop()
 
     # ------------------------------------------------------------------ one call
 
@@ -180,11 +251,18 @@ class Engine:
             interpreter = Interpreter(flows, services, self.catalogue)
             outcome = await interpreter.run(channel, script, flows=flows)
             ctx.finish(outcome)
+        except asyncio.CancelledError:
+            # Shutdown deadline: the server tells Asterisk FAILURE and the dialplan's fallback
+            # takes the caller; the record says so.
+            if record is not None and record.outcome is None:
+                record.event("shutdown", handed_to="fallback")
+                record.end(Outcome.FALLBACK)
+            raise
         except Exception:
             self.calls_failed += 1
             log.exception("call failed; sending the caller to a person")
             if record is not None:
-                record.end("error")
+                record.end(Outcome.ERROR)
             # FAILURE makes AGISTATUS=FAILURE: the dialplan's fallback takes the caller.
             await session.end_with_failure()
         finally:
@@ -198,15 +276,22 @@ class Engine:
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[Engine], None] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; 0 after a clean stop. Start-up errors raise."""
     engine = Engine(settings)
+    announce: asyncio.Task[None] | None = None
     if on_ready is not None:
+        callback = on_ready
 
-        async def announce() -> None:
+        async def announce_ready() -> None:
             await engine.ready.wait()
-            on_ready(engine)
+            callback(engine)
 
-        task = asyncio.get_running_loop().create_task(announce(), name="announce-ready")
-    await engine.run(install_signals=True)
-    if on_ready is not None:
-        task.cancel()
+        announce = asyncio.get_running_loop().create_task(announce_ready(), name="announce-ready")
+    try:
+        await engine.run(install_signals=True)
+    finally:
+        if announce is not None:
+            announce.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announce
     return 0
