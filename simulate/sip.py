@@ -129,6 +129,8 @@ class SimCall(pj.Call):  # type: ignore[misc]
         self.events: list[CallEvent] = []
         self.digits_received: list[str] = []
         self.remote_uri = ""
+        # Set when this side hung up (end()); a call that ends without it was ended remotely.
+        self.ended_locally = False
         self._tap: _RxTap | None = None
         self._player: pj.AudioMediaPlayer | None = None
         self._play_file: str | None = None
@@ -204,6 +206,7 @@ class SimCall(pj.Call):  # type: ignore[misc]
 
     def end(self) -> None:
         if not self.is_ended:
+            self.ended_locally = True
             prm = pj.CallOpParam()
             prm.statusCode = 603 if not self.is_connected else 200
             try:
