@@ -85,7 +85,8 @@ STRATEGY_CODE = {
 }
 
 NO_ANSWER_REASON = "no-answer"
-MIN_COMPACT = 64
+MIN_COMPACT = 64  # a heap is compacted when it grows past max(this, 2 x its live size)
+INBOX_MIN = 256  # a slot's inbox is halved when it grows past max(this, 2 x its members)
 
 Kind = tuple[int, tuple[str, ...]]
 
@@ -106,6 +107,41 @@ class _Heap(list[Any]):
         self.bit = 1 << slot if slot >= 0 else 0  # call heaps: bit in Matcher._nonempty
 
 
+class _Slot:
+    """A group of interchangeable-for-eligibility idle agents on one channel.
+
+    Either one (skill, level bucket) or one multi-skill conjunction. Agents becoming idle are
+    appended to `inbox` as (index, version): one append per slot, whatever the number of
+    strategies. Each strategy's heap of the slot pulls the inbox when it is queried, pushing
+    only entries still live then, so an agent that is taken before a heap is asked never
+    costs that heap anything.
+    """
+
+    __slots__ = ("inbox", "base", "heaps", "limit", "members")
+
+    def __init__(self) -> None:
+        self.inbox: list[tuple[int, int]] = []
+        self.base = 0  # absolute position of inbox[0]
+        self.heaps: list[_KHeap] = []
+        self.limit = INBOX_MIN
+        # Latest announced version per agent: a heap that fell behind the trimmed inbox is
+        # rebuilt from it (its live entries) when it is next asked.
+        self.members: dict[int, int] = {}
+
+
+class _KHeap(_Heap):
+    """One strategy's heap of idle agents in a slot."""
+
+    __slots__ = ("slot", "cursor", "code", "score_skills")
+
+    def __init__(self, slot: _Slot, code: int, score_skills: tuple[str, ...]) -> None:
+        super().__init__()
+        self.slot = slot
+        self.cursor = 0  # absolute inbox position pulled so far
+        self.code = code
+        self.score_skills = score_skills
+
+
 class _Req:
     """A distinct requirement: its waiting calls, and where its idle agents are to be found."""
 
@@ -116,7 +152,7 @@ class _Req:
         self.idx = idx
         self.calls: dict[str, _Heap] = {}
         # (strategy kind, channel) -> the idle heaps whose union is exactly the eligible agents
-        self.views: dict[tuple[int, str], list[_Heap]] = {}
+        self.views: dict[tuple[int, str], list[_KHeap]] = {}
 
 
 class _Queue:
@@ -149,7 +185,7 @@ class _Agent:
         "id", "idx", "spec", "skills", "capacity", "channels", "shared", "load", "total",
         "state", "reason", "offer", "avail_since", "busy_time", "busy_start",
         "login_time", "handled", "last_offer", "misses", "wrap_epoch", "reqs", "occ",
-        "li_lists", "idle_lists", "call_masks",
+        "slots", "call_masks",
     )  # fmt: skip
 
     def __init__(self, spec: AgentSpec, idx: int):
@@ -178,8 +214,7 @@ class _Agent:
         self.load = dict.fromkeys(self.channels, 0)
         self.total = 0
         self.reqs: list[_Req] = []
-        self.li_lists: dict[str, list[_Heap]] = {}
-        self.idle_lists: dict[str, list[tuple[_Heap, int, int]]] = {}
+        self.slots: dict[str, list[_Slot]] = {}
         self.call_masks: dict[str, int] = {}
 
 
@@ -234,12 +269,11 @@ class Matcher:
         self._multi_free: list[Conjunction] = []
         self._multi_reqs: dict[Conjunction, list[_Req]] = {}
         self._multi_kinds: dict[Conjunction, list[Kind]] = {}
-        self._idle_heaps: dict[tuple[Any, ...], _Heap] = {}
+        self._idle_heaps: dict[tuple[Any, ...], _KHeap] = {}
+        self._slots: dict[tuple[Any, ...], _Slot] = {}
         self._kind_ids: dict[Kind, int] = {}
         self._conj_id: dict[Conjunction, int] = {}
-        self._slot_targets: dict[
-            tuple[Any, ...], tuple[list[_Heap], list[tuple[_Heap, int, tuple[str, ...]]]]
-        ] = {}
+        self._multi_kinds_by_id: dict[int, list[Kind]] = {}
         self._agents: dict[str, _Agent] = {}
         self._by_idx: list[_Agent] = []
         # Version of each agent (by index): an idle entry is live iff its version is current.
@@ -345,8 +379,10 @@ class Matcher:
         self._multi_by_skill = {}
         self._multi_free = []
         self._conj_id = {}
+        self._multi_kinds_by_id = {}
         for conj in multi_reqs:
             self._conj_id[conj] = len(self._conj_id)
+            self._multi_kinds_by_id[self._conj_id[conj]] = multi_kinds.get(conj, [])
             positive = [s for s, lo, _hi in conj if lo >= 1]
             if not positive:
                 self._multi_free.append(conj)
@@ -354,17 +390,37 @@ class Matcher:
                 rarest = min(positive, key=lambda sk: (use[sk], sk))
                 self._multi_by_skill.setdefault(rarest, []).append(conj)
         self._idle_heaps = {}
-        self._slot_targets = {}
+        self._slots = {}
 
-    def _idle_heap(self, key: tuple[Any, ...]) -> _Heap:
+    def _slot(self, slot_key: tuple[Any, ...], kinds: list[Kind], channel: str) -> _Slot:
+        """The slot (with one heap per strategy kind) for a slot key on a channel."""
+        key = (*slot_key, channel)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot()
+            for kind in kinds:
+                heap = _KHeap(slot, kind[0], kind[1])
+                slot.heaps.append(heap)
+                self._idle_heaps[(*slot_key, kind, channel)] = heap
+        return slot
+
+    def _idle_heap(self, key: tuple[Any, ...]) -> _KHeap:
         heap = self._idle_heaps.get(key)
         if heap is None:
-            heap = self._idle_heaps[key] = _Heap()
+            # A kind no agent can be in (no agent holds the skill yet): an empty slot.
+            *slot_key, kind, channel = key
+            kinds = (
+                self._atom_kinds.get(slot_key[0], [kind])
+                if len(slot_key) == 2
+                else self._multi_kinds_by_id.get(slot_key[0], [kind])
+            )
+            self._slot(tuple(slot_key), kinds, channel)
+            heap = self._idle_heaps[key]
         return heap
 
-    def _view(self, req: _Req, kind: Kind, channel: str) -> list[_Heap]:
+    def _view(self, req: _Req, kind: Kind, channel: str) -> list[_KHeap]:
         """The idle heaps that together hold exactly the agents eligible for `req`."""
-        heaps: list[_Heap] = []
+        heaps: list[_KHeap] = []
         for conj in req.requirement.conjunctions:
             if len(conj) == 1 and conj[0][1] >= 1:
                 skill, lo, hi = conj[0]
@@ -376,39 +432,16 @@ class Matcher:
         req.views[(self._kind_ids[kind], channel)] = heaps
         return heaps
 
-    def _targets(
-        self, slot: tuple[Any, ...], kinds: list[Kind], channel: str
-    ) -> tuple[list[_Heap], list[tuple[_Heap, int, tuple[str, ...]]]]:
-        """The idle heaps of one slot on one channel: (longest-idle heaps, the others)."""
-        key = (*slot, channel)
-        found = self._slot_targets.get(key)
-        if found is None:
-            li: list[_Heap] = []
-            other: list[tuple[_Heap, int, tuple[str, ...]]] = []
-            for kind in kinds:
-                heap = self._idle_heap((*slot, kind, channel))
-                if kind[0] == LI:
-                    li.append(heap)
-                else:
-                    other.append((heap, kind[0], kind[1]))
-            found = self._slot_targets[key] = (li, other)
-        return found
-
     def _index_agent(self, ag: _Agent) -> None:
         """Find the requirements the agent satisfies and the idle heaps it belongs to."""
         skills = ag.skills
         channels = ag.channels
         found: dict[int, _Req] = {}
-        li: dict[str, list[_Heap]] = {c: [] for c in channels}
-        idle: dict[str, list[tuple[_Heap, int, int]]] = {c: [] for c in channels}
+        slots: dict[str, list[_Slot]] = {c: [] for c in channels}
 
-        def join(slot: tuple[Any, ...], kinds: list[Kind]) -> None:
+        def join(slot_key: tuple[Any, ...], kinds: list[Kind]) -> None:
             for c in channels:
-                li_heaps, others = self._targets(slot, kinds, c)
-                li[c].extend(li_heaps)
-                for heap, code, score_skills in others:
-                    negscore = -sum(skills.get(s, 0) for s in score_skills) if code == HP else 0
-                    idle[c].append((heap, code, negscore))
+                slots[c].append(self._slot(slot_key, kinds, c))
 
         bucket_of = self._bucket_of
         for skill, level in skills.items():
@@ -438,8 +471,7 @@ class Matcher:
         for req in ag.reqs:
             for c in channels:
                 masks[c] |= self._call_heap(req, c).bit
-        ag.li_lists = li
-        ag.idle_lists = idle
+        ag.slots = slots
         ag.call_masks = masks
 
     def _call_heap(self, req: _Req, channel: str) -> _Heap:
@@ -489,35 +521,88 @@ class Matcher:
         return ()
 
     def _push_idle(self, ag: _Agent, now: float | None, chans: tuple[str, ...]) -> None:
-        """Queue the agent as idle in every heap it belongs to; `now` None keeps the keys."""
+        """Announce the agent as idle to every slot it belongs to; `now` None keeps the keys."""
         idx = ag.idx
         vers = self._vers
         vers[idx] += 1
-        ver = vers[idx]
-        avail = ag.avail_since
         if now is not None:
             span = now - ag.login_time
             busy = ag.busy_time + (now - ag.busy_start if ag.total else 0.0)
             ag.occ = busy / span if span > 0 else 0.0
-        li = (avail, idx, ver)
-        push = heappush
+        ver = vers[idx]
+        item = (idx, ver)
         for c in chans:
-            for heap in ag.li_lists[c]:
-                push(heap, li)
-                if len(heap) > heap.limit:
-                    self._compact_agents(heap)
-            for heap, code, negscore in ag.idle_lists[c]:
-                if code == HP:
-                    entry: tuple[Any, ...] = (negscore, avail, idx, ver)
-                elif code == LO:
-                    entry = (ag.occ, avail, idx, ver)
-                elif code == FC:
-                    entry = (ag.handled, avail, idx, ver)
-                else:
-                    entry = (ag.last_offer, idx, ver)
-                push(heap, entry)
-                if len(heap) > heap.limit:
-                    self._compact_agents(heap)
+            for slot in ag.slots[c]:
+                slot.members[idx] = ver
+                inbox = slot.inbox
+                inbox.append(item)
+                if len(inbox) > slot.limit:
+                    self._trim(slot)
+
+    def _pull(self, heap: _KHeap) -> None:
+        """Bring a strategy heap up to date with its slot's inbox (live entries only)."""
+        slot = heap.slot
+        inbox = slot.inbox
+        start = heap.cursor - slot.base
+        if start >= len(inbox):
+            return
+        if start < 0:
+            self._rebuild(heap)
+            return
+        vers = self._vers
+        agents = self._by_idx
+        code = heap.code
+        push = heappush
+        for i in range(start, len(inbox)):
+            idx, ver = inbox[i]
+            if vers[idx] != ver:
+                continue
+            ag = agents[idx]
+            if code == LI:
+                entry: tuple[Any, ...] = (ag.avail_since, idx, ver)
+            elif code == HP:
+                score = 0
+                for sk in heap.score_skills:
+                    score -= ag.skills.get(sk, 0)
+                entry = (score, ag.avail_since, idx, ver)
+            elif code == LO:
+                entry = (ag.occ, ag.avail_since, idx, ver)
+            elif code == FC:
+                entry = (ag.handled, ag.avail_since, idx, ver)
+            else:
+                entry = (ag.last_offer, idx, ver)
+            push(heap, entry)
+        heap.cursor = slot.base + len(inbox)
+        if len(heap) > heap.limit:
+            self._compact_agents(heap)
+
+    def _trim(self, slot: _Slot) -> None:
+        """Drop the older half of the inbox; heaps that had not pulled it rebuild when asked."""
+        done = len(slot.inbox) // 2
+        del slot.inbox[:done]
+        slot.base += done
+        if len(slot.members) > 2 * slot.limit:
+            vers = self._vers
+            slot.members = {i: v for i, v in slot.members.items() if vers[i] == v}
+        slot.limit = max(INBOX_MIN, 2 * len(slot.members))
+
+    def _rebuild(self, heap: _KHeap) -> None:
+        """Refill a heap from the slot's live members (it missed part of the inbox)."""
+        slot = heap.slot
+        heap.clear()
+        heap.cursor = slot.base + len(slot.inbox)
+        vers = self._vers
+        live = [(i, v) for i, v in slot.members.items() if vers[i] == v]
+        # Reuse _pull's key logic by pulling from a temporary inbox.
+        saved_inbox, saved_base = slot.inbox, slot.base
+        slot.inbox, slot.base = live, 0
+        heap.cursor = 0
+        try:
+            self._pull(heap)
+        finally:
+            slot.inbox, slot.base = saved_inbox, saved_base
+            heap.cursor = saved_base + len(saved_inbox)
+        heapify(heap)
 
     def _agent_free(self, ag: _Agent, now: float, out: list[Decision]) -> None:
         """The agent may have room for work: give it the best waiting call, or queue it idle."""
@@ -602,6 +687,8 @@ class Matcher:
             best: tuple[Any, ...] | None = None
             best_heap: _Heap | None = None
             for heap in heaps:
+                if heap.cursor - heap.slot.base < len(heap.slot.inbox):
+                    self._pull(heap)
                 if not heap:
                     continue
                 entry = heap[0]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from acd.agent_state import AgentState
 from acd.errors import AcdError
+from acd import matcher as matcher_module
 from acd.matcher import Matcher
 from acd.model import (
     AgentSpec,
@@ -295,6 +296,30 @@ def test_matcher_decides_like_reference(
     n = data.draw(st.integers(10, 80))
     for _ in range(n):
         h.step(data)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    queues=st.lists(queue_specs, min_size=1, max_size=4),
+    agents=st.lists(agent_specs, min_size=2, max_size=6),
+    data=st.data(),
+)
+def test_tiny_limits_exercise_compaction_and_inbox_trimming(
+    queues: list[QueueSpec], agents: list[tuple[dict[str, int], dict[str, int]]], data: Any
+) -> None:
+    """Same comparison with heaps compacted and inboxes trimmed every few pushes."""
+    saved = matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN
+    matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN = 2, 2
+    try:
+        test_matcher_decides_like_reference.hypothesis.inner_test(  # type: ignore[attr-defined]
+            queues, agents, data
+        )
+    finally:
+        matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN = saved
 
 
 def _fields(q: QueueSpec) -> dict[str, Any]:
