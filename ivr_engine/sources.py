@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ivr_engine.cif.masking import mask_value
 from ivr_engine.cif.model import CallerProfile, CardStatus
 from ivr_engine.cif.store import CifStore
 from ivr_engine.flow.channel import CallChannel
@@ -286,6 +287,8 @@ class RecordingQueueGateway:
 
     async def enqueue(self, channel: CallChannel, request: QueueRequest) -> QueueOutcome:
         self._ctx.record.queued(request.queue, [request.skills], request.priority)
+        # what the agent is shown with the call (repeat caller, verified, reason ...)
+        self._ctx.record.event("queue-data", language=request.language, **dict(request.data))
         self._notifier.publish(
             f"call/{self._ctx.call_id}/CallQueued",
             {
@@ -318,13 +321,23 @@ class CallTrace:
         self._publish("NodeEntered", flow=flow, node=node, type=kind)
 
     def input_received(self, call_id: str, node: str, digits: str, status: str) -> None:
-        # `digits` arrive already masked by the interpreter when the input is sensitive.
-        self._ctx.record.event("input", node=node, digits=digits, status=status)
+        # `digits` arrive already masked by the interpreter when the input is sensitive; the
+        # record masks again by key (any 8+ digit run keeps only its last 4).
+        record = self._ctx.record
+        record.event("input", node=node, digits=digits, status=status)
+        step = record.steps[-1] if record.steps else None
+        if step is not None and step.node_id.rpartition("/")[2] == node:
+            # the visited node shows its inputs in order: ["no-input", "5 match", ...]
+            shown = mask_value("digits", digits) if digits else ""
+            step.inputs.setdefault("keys", []).append(f"{shown} {status}".strip())
 
     def prompt_played(self, call_id: str, node: str, prompt: str, text: str) -> None:
         self._ctx.record.announce(prompt)
 
     def variable_set(self, call_id: str, name: str, value: str) -> None:
+        if name == "call.lang":
+            # the language the flow chose (preference, region) is the one the caller heard
+            self._ctx.record.language = value
         self._ctx.record.event("set", name=name, value=value)
 
     def flow_ended(self, call_id: str, outcome: FlowOutcome) -> None:
