@@ -125,7 +125,9 @@ def test_repeat_group_caller_is_flagged_for_the_agent(catalogue: PromptCatalogue
     assert t.outcome.detail["queue"] == "corporate"
     assert t.outcome.detail["priority"] == "9"  # group 8 + 1 for a repeat caller
     assert ch.variables["IVR_DATA_REPEAT_CALLER"] == "true"
-    assert ch.variables["IVR_SKILLS"] == "mandarin and corporate"
+    # a Guangzhou number: the Cantonese-speaking side of the corporate desk
+    assert ch.variables["IVR_SKILLS"] == "cantonese and corporate"
+    assert ch.variables["IVR_QUEUE"] == "corporate"  # the tier's own line, not the Cantonese one
 
 
 def test_three_wrong_pins_lock_and_route_to_a_person(
