@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from acd import matcher as matcher_module
 from acd.agent_state import AgentState
 from acd.errors import AcdError
-from acd import matcher as matcher_module
 from acd.matcher import Matcher
 from acd.model import (
     AgentSpec,
