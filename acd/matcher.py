@@ -120,7 +120,8 @@ class _Slot:
     __slots__ = ("inbox", "base", "heaps", "limit", "members")
 
     def __init__(self) -> None:
-        self.inbox: list[tuple[int, int]] = []
+        # (idle since, index, version): already the longest-idle heap entry.
+        self.inbox: list[tuple[float, int, int]] = []
         self.base = 0  # absolute position of inbox[0]
         self.heaps: list[_KHeap] = []
         self.limit = INBOX_MIN
@@ -530,7 +531,7 @@ class Matcher:
             busy = ag.busy_time + (now - ag.busy_start if ag.total else 0.0)
             ag.occ = busy / span if span > 0 else 0.0
         ver = vers[idx]
-        item = (idx, ver)
+        item = (ag.avail_since, idx, ver)
         for c in chans:
             for slot in ag.slots[c]:
                 slot.members[idx] = ver
@@ -550,21 +551,34 @@ class Matcher:
             self._rebuild(heap)
             return
         vers = self._vers
+        push = heappush
+        if heap.code == LI:
+            for i in range(start, len(inbox)):
+                item = inbox[i]
+                if vers[item[1]] == item[2]:
+                    push(heap, item)
+        else:
+            self._pull_keyed(heap, start)
+        heap.cursor = slot.base + len(inbox)
+        if len(heap) > heap.limit:
+            self._compact_agents(heap)
+
+    def _pull_keyed(self, heap: _KHeap, start: int) -> None:
+        inbox = heap.slot.inbox
+        vers = self._vers
         agents = self._by_idx
         code = heap.code
         push = heappush
         for i in range(start, len(inbox)):
-            idx, ver = inbox[i]
+            _avail, idx, ver = inbox[i]
             if vers[idx] != ver:
                 continue
             ag = agents[idx]
-            if code == LI:
-                entry: tuple[Any, ...] = (ag.avail_since, idx, ver)
-            elif code == HP:
+            if code == HP:
                 score = 0
                 for sk in heap.score_skills:
                     score -= ag.skills.get(sk, 0)
-                entry = (score, ag.avail_since, idx, ver)
+                entry: tuple[Any, ...] = (score, ag.avail_since, idx, ver)
             elif code == LO:
                 entry = (ag.occ, ag.avail_since, idx, ver)
             elif code == FC:
@@ -572,9 +586,6 @@ class Matcher:
             else:
                 entry = (ag.last_offer, idx, ver)
             push(heap, entry)
-        heap.cursor = slot.base + len(inbox)
-        if len(heap) > heap.limit:
-            self._compact_agents(heap)
 
     def _trim(self, slot: _Slot) -> None:
         """Drop the older half of the inbox; heaps that had not pulled it rebuild when asked."""
@@ -592,7 +603,8 @@ class Matcher:
         heap.clear()
         heap.cursor = slot.base + len(slot.inbox)
         vers = self._vers
-        live = [(i, v) for i, v in slot.members.items() if vers[i] == v]
+        agents = self._by_idx
+        live = [(agents[i].avail_since, i, v) for i, v in slot.members.items() if vers[i] == v]
         # Reuse _pull's key logic by pulling from a temporary inbox.
         saved_inbox, saved_base = slot.inbox, slot.base
         slot.inbox, slot.base = live, 0
