@@ -1020,6 +1020,19 @@ class Matcher:
         heapify(heap)
         heap.limit = max(MIN_COMPACT, 2 * len(heap))
 
+    def settle(self) -> None:
+        """Bring every idle heap up to date now (after loading a roster in bulk).
+
+        Heaps normally catch up with their inboxes when first asked; after thousands of
+        logins that first question would pay for all of them at once.
+        """
+        for slot in self._slots.values():
+            for heap in slot.heaps:
+                self._pull(heap)
+            done = len(slot.inbox)
+            del slot.inbox[:done]
+            slot.base += done
+
     # ------------------------------------------------------------------ queries
 
     def agent_state(self, agent_id: str) -> AgentState:

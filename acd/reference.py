@@ -398,6 +398,10 @@ class ReferenceMatcher:
             raise InvalidEvent(f"unknown timer {key!r}")
         return out
 
+    def settle(self) -> None:
+        """Nothing to bring up to date: the reference scans everything every time."""
+        return None
+
     # ---------------------------------------------------------------- queries
 
     def agent_state(self, agent_id: str) -> AgentState:

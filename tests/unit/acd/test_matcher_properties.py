@@ -121,11 +121,11 @@ class Harness:
         out_m: list[Any] = []
         out_r: list[Any] = []
         try:
-            out_m = getattr(self.m, method)(*args, **kwargs)
+            out_m = getattr(self.m, method)(*args, **kwargs) or []
         except AcdError as exc:
             err_m = type(exc)
         try:
-            out_r = getattr(self.r, method)(*args, **kwargs)
+            out_r = getattr(self.r, method)(*args, **kwargs) or []
         except AcdError as exc:
             err_r = type(exc)
         assert err_m == err_r, (method, args, err_m, err_r)
@@ -212,8 +212,11 @@ class Harness:
         if self.live:
             options += ["hangup", "priority"]
         if self.r.agents:
-            options += ["pause", "resume", "logout", "illegal"]
+            options += ["pause", "resume", "logout", "illegal", "settle"]
         kind = data.draw(st.sampled_from(options))
+        if kind == "settle":
+            self.both("settle")
+            return
         if kind == "arrive":
             self.next_call += 1
             spec = CallSpec(
