@@ -90,9 +90,10 @@ def evaluate(expect: Expect, obs: Observed) -> list[Check]:
     if expect.skills is not None:
         rec_skills = " and ".join(q["skills"]) if q.get("skills") else None
         value, src = _variable(obs, "IVR_SKILLS", rec_skills)
-        got = skills_of(value) if value is not None else None
-        checks.append(Check("skills", got == expect.skills, " and ".join(sorted(expect.skills)),
-                            f"{' and '.join(sorted(got)) if got else None} ({src})"))
+        skills = skills_of(value) if value is not None else None
+        checks.append(Check("skills", skills == expect.skills,
+                            " and ".join(sorted(expect.skills)),
+                            f"{' and '.join(sorted(skills)) if skills else None} ({src})"))
     if expect.priority is not None:
         value, src = _variable(obs, "IVR_PRIORITY", q.get("priority"))
         checks.append(Check("priority", value == str(expect.priority), str(expect.priority),
@@ -110,13 +111,14 @@ def evaluate(expect: Expect, obs: Observed) -> list[Check]:
         checks.append(Check("duration", expect.duration.contains(obs.duration),
                             f"{expect.duration.describe()}s", f"{obs.duration:.1f}s"))
     if expect.answered_by is not None:
-        got = obs.answered_by or "none"
-        checks.append(Check("answered by", got == expect.answered_by, expect.answered_by, got))
+        agent = obs.answered_by or "none"
+        checks.append(Check("answered by", agent == expect.answered_by, expect.answered_by,
+                            agent))
     for key, want in expect.record.items():
         if obs.record is None:
             checks.append(Check(f"record.{key}", False, want, "no call record from the engine"))
             continue
-        value = obs.record.get(key)
-        got = "" if value is None else str(value)
-        checks.append(Check(f"record.{key}", got == want, want, got or "(empty)"))
+        field_value = obs.record.get(key)
+        text = "" if field_value is None else str(field_value)
+        checks.append(Check(f"record.{key}", text == want, want, text or "(empty)"))
     return checks

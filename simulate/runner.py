@@ -23,10 +23,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,8 @@ class _AgentDesk:
     def _incoming(self, spec: AgentSpec, call: Any) -> None:
         leg = AgentLeg(spec.ext, time.time())
         self.legs.append((leg, call))
-        if time.monotonic() < self._free_at.get(spec.ext, 0.0) or self.rng.random() < spec.no_answer:
+        wrapping_up = time.monotonic() < self._free_at.get(spec.ext, 0.0)
+        if wrapping_up or self.rng.random() < spec.no_answer:
             leg.declined = True
             return
         self.stack.later(spec.ring, lambda: self._answer(spec, call, leg))
@@ -194,7 +196,7 @@ def _run_steps(call: Any, steps: Sequence[Step], prompt_timeout: float) -> tuple
 
 
 def _place(stack: Any, spec: CallSpec, pbx: str, desk: _AgentDesk | None,
-           record_dir: Path | None, prompt_timeout: float) -> SipCall:
+           record_dir: Path | None) -> SipCall:
     from simulate.sip import SimError
 
     result = SipCall(spec, started=time.time())
@@ -204,7 +206,7 @@ def _place(stack: Any, spec: CallSpec, pbx: str, desk: _AgentDesk | None,
     deadline = time.monotonic() + spec.max_seconds
     try:
         call.wait_connected(min(15.0, spec.max_seconds))
-        result.steps, result.pauses = _run_steps(call, spec.steps, prompt_timeout)
+        result.steps, result.pauses = _run_steps(call, spec.steps, spec.prompt_timeout)
         if not call.is_ended:
             stack.wait_for(lambda: call.is_ended, max(0.1, deadline - time.monotonic()),
                            "the call to end")
@@ -232,26 +234,49 @@ def _place(stack: Any, spec: CallSpec, pbx: str, desk: _AgentDesk | None,
     return result
 
 
-def run_sip(scenario: Scenario, *, pbx: str, seed: int = 1, record_dir: Path | None = None,
-            prompt_timeout: float = 30.0) -> list[SipCall]:
-    """Place the scenario's calls one after the other (blocking: run it in a worker thread)."""
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """pjlib prints its banner to fd 1 before any log setting applies; keep stdout clean for
+    `--json` by sending fd 1 to fd 2 while the endpoint is created."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run_sip(scenarios: Sequence[Scenario], *, pbx: str, seed: int = 1,
+            record_dir: Path | None = None) -> list[list[SipCall]]:
+    """Place every scenario's calls one after the other (blocking: run it in a worker thread).
+
+    One `SipStack` serves all scenarios: pjsua2 allows one endpoint per process, and a second
+    one created after the first was destroyed aborts the process (pj::Error from C++)."""
     from simulate.sip import SipStack
 
     rng = random.Random(seed)
-    results: list[SipCall] = []
-    with SipStack() as stack:
-        desk = None
-        if scenario.agents:
-            desk = _AgentDesk(stack, scenario.agents, rng, registrar=f"sip:{pbx}")
-            desk.wait_registered()
-        try:
-            for spec in scenario.calls:
-                results.append(_place(stack, spec, pbx, desk, record_dir, prompt_timeout))
-                stack.pump(0.3)
-        finally:
-            if desk is not None:
-                desk.unregister()
-                stack.pump(0.3)
+    results: list[list[SipCall]] = []
+    with _stdout_to_stderr():
+        stack = SipStack()
+    with stack:
+        for scenario in scenarios:
+            desk = None
+            if scenario.agents:
+                desk = _AgentDesk(stack, scenario.agents, rng, registrar=f"sip:{pbx}")
+                desk.wait_registered()
+            calls: list[SipCall] = []
+            try:
+                folder = record_dir / scenario.name if record_dir else None
+                for spec in scenario.calls:
+                    calls.append(_place(stack, spec, pbx, desk, folder))
+                    stack.pump(0.3)
+            finally:
+                if desk is not None:
+                    desk.unregister()
+                    stack.pump(0.3)
+            results.append(calls)
     return results
 
 
@@ -296,12 +321,12 @@ def _match(call: SipCall, channels: list[_Channel], taken: set[str]) -> _Channel
 
 
 async def fetch_record(uniqueid: str, *, cli: Sequence[str] = CLI, store: str | None = None,
-                       timeout: float = 10.0) -> dict[str, Any] | None:
+                       wait: float = 10.0) -> dict[str, Any] | None:
     """The engine's record of a call (`ivr-engine calls show ID --json`), once it has ended.
 
     The daemon writes records in the background: retry until the record shows an end."""
     args = [*cli, "calls", "show", uniqueid, "--json", *(["--path", store] if store else [])]
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait
     while True:
         proc = await asyncio.create_subprocess_exec(
             *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -356,8 +381,8 @@ async def _collect(stream: EventStream, sink: list[tuple[float, AmiEvent]]) -> N
         sink.append((time.time(), event))
 
 
-async def run_scenario(
-    scenario: Scenario,
+async def run_scenarios(
+    scenarios: Sequence[Scenario],
     *,
     pbx: str = "127.0.0.1:5060",
     ami: AmiSettings | None = None,
@@ -365,8 +390,8 @@ async def run_scenario(
     store: str | None = None,
     cli: Sequence[str] = CLI,
     seed: int = 1,
-) -> ScenarioResult:
-    """Run every call of `scenario` and check its expectations.
+) -> list[ScenarioResult]:
+    """Run every call of every scenario (in order) and check its expectations.
 
     `ami` None runs without AMI: the expectations fall back to the call record. `store` is
     passed to `calls show --path` (default: the settings' store, as the daemon uses)."""
@@ -384,8 +409,8 @@ async def run_scenario(
             if stream is not None:
                 tg.create_task(_collect(stream, events), name="simulate-ami-events")
             try:
-                sip_calls = await asyncio.to_thread(
-                    run_sip, scenario, pbx=pbx, seed=seed, record_dir=record_dir
+                sip_runs = await asyncio.to_thread(
+                    run_sip, scenarios, pbx=pbx, seed=seed, record_dir=record_dir
                 )
             finally:
                 if stream is not None:
@@ -393,22 +418,28 @@ async def run_scenario(
                     stream.close()
         if stream is not None:
             dropped = stream.dropped
-    results: list[CallResult] = []
     taken: set[str] = set()
     by_dial: dict[str, list[_Channel]] = {}
-    for call in sip_calls:
-        channels = by_dial.setdefault(call.spec.dial, trunk_channels(events, call.spec.dial))
-        channel = _match(call, channels, taken)
-        uniqueid = channel.uniqueid if channel else None
-        record = None
-        if uniqueid and call.connected_at is not None:
-            record = await fetch_record(uniqueid, cli=cli, store=store)
-        observed = observe(call, channel, record)
-        checks = evaluate(call.spec.expect, observed)
-        if ami is not None and call.connected_at is not None:
-            checks.insert(1, Check("matched on AMI", channel is not None,
-                                   "a from-trunk channel", uniqueid or "none"))
-        if call.spec.expect.needs_record and uniqueid and record is None:
-            checks.append(Check("call record", False, "a finished record", "none within 10s"))
-        results.append(CallResult(call, observed, checks, uniqueid))
-    return ScenarioResult(scenario, results, started, time.time() - started, len(events), dropped)
+    out: list[ScenarioResult] = []
+    for scenario, sip_calls in zip(scenarios, sip_runs, strict=True):
+        results: list[CallResult] = []
+        for call in sip_calls:
+            dial = call.spec.dial
+            channels = by_dial.setdefault(dial, trunk_channels(events, dial))
+            channel = _match(call, channels, taken)
+            uniqueid = channel.uniqueid if channel else None
+            record = None
+            if uniqueid and call.connected_at is not None:
+                record = await fetch_record(uniqueid, cli=cli, store=store)
+            observed = observe(call, channel, record)
+            checks = evaluate(call.spec.expect, observed)
+            if ami is not None and call.connected_at is not None:
+                checks.insert(1, Check("matched on AMI", channel is not None,
+                                       "a from-trunk channel", uniqueid or "none"))
+            if call.spec.expect.needs_record and uniqueid and record is None:
+                checks.append(Check("call record", False, "a finished record", "none within 10s"))
+            results.append(CallResult(call, observed, checks, uniqueid))
+        first = results[0].sip.started if results else started
+        last = results[-1].sip.ended_at if results and results[-1].sip.ended_at else first
+        out.append(ScenarioResult(scenario, results, first, last - first, len(events), dropped))
+    return out

@@ -11,7 +11,8 @@ calls:                        # placed one after the other
   - caller: "13800138000"     # or withheld: true
     dial: "4008"
     script: "w,0"             # simulate/script.py: w, pN, digits, s:digits, h
-    max_seconds: 90
+    max_seconds: 90             # the caller hangs up after this (then ended_by is caller)
+    prompt_timeout: 90          # how long a `w` waits for a prompt to end
     expect:
       next: queue             # IVR_NEXT the daemon set (AMI VarSet)
       queue: general          # IVR_QUEUE
@@ -119,6 +120,7 @@ class CallSpec:
     max_seconds: float
     expect: Expect
     display_name: str = ""
+    prompt_timeout: float = 90.0  # how long a `w` step waits for a prompt to end
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ def _expect(r: _Reader, raw: Any, where: str) -> Expect:
 
 def _call(r: _Reader, raw: Any, where: str, index: int) -> CallSpec:
     keys = {"name", "caller", "withheld", "display_name", "dial", "script", "max_seconds",
-            "expect"}
+            "prompt_timeout", "expect"}
     m = r.mapping(raw, where, keys)
     withheld = m.get("withheld", False)
     if not isinstance(withheld, bool):
@@ -280,6 +282,7 @@ def _call(r: _Reader, raw: Any, where: str, index: int) -> CallSpec:
         script_text=script_text,
         steps=steps,
         max_seconds=r.number(m.get("max_seconds", 90), f"{where}.max_seconds", low=1),
+        prompt_timeout=r.number(m.get("prompt_timeout", 90), f"{where}.prompt_timeout", low=1),
         expect=_expect(r, m.get("expect"), f"{where}.expect"),
     )
 

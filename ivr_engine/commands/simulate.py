@@ -13,7 +13,7 @@ from ivr_engine.errors import ConfigError
 def _simulate(args: argparse.Namespace) -> int:
     # Imported here: pjsua2 is part of the simulator extra, not of the daemon.
     from simulate import report
-    from simulate.runner import ScenarioResult, run_scenario
+    from simulate.runner import run_scenarios
     from simulate.scenario import ScenarioError, load
 
     try:
@@ -21,12 +21,10 @@ def _simulate(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         raise ConfigError(str(exc), source=exc.source, key=exc.where) from None
     ami = None if args.no_ami else args.settings.ami
-    results: list[ScenarioResult] = []
-    for sc in scenarios:
-        record_dir = Path(args.report) / "audio" / sc.name if args.report else None
-        results.append(asyncio.run(run_scenario(
-            sc, pbx=args.pbx, ami=ami, record_dir=record_dir, store=args.store, seed=args.seed,
-        )))
+    record_dir = Path(args.report) / "audio" if args.report else None
+    results = asyncio.run(run_scenarios(
+        scenarios, pbx=args.pbx, ami=ami, record_dir=record_dir, store=args.store, seed=args.seed
+    ))
     if args.report:
         md, js = report.write(results, Path(args.report))
         if not args.json:
