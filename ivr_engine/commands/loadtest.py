@@ -1,0 +1,131 @@
+"""`ivr-engine loadtest`: SIPp callers at Poisson rates through the dev PBX into the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ivr_engine.errors import ConfigError
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: comma-separated calls/s, e.g. 100,200"
+        ) from None
+    if not rates:
+        raise argparse.ArgumentTypeError("at least one rate")
+    return rates
+
+
+async def _run(args: argparse.Namespace, pbx: Any, report: Path) -> tuple[
+        list[Any], dict[str, Any]]:
+    from simulate import loadtest as lt
+
+    workdir = report / "daemon"
+    daemon: lt.SpawnedDaemon | None = None
+    if args.daemon_pid:
+        pid, log = args.daemon_pid, (Path(args.daemon_log) if args.daemon_log else None)
+    else:
+        profile = report / "daemon.prof" if args.profile else None
+        daemon = lt.SpawnedDaemon(workdir, log_level=args.daemon_log_level,
+                                  customers=args.customers, profile=profile)
+        pid = await asyncio.to_thread(daemon.start)
+        log = daemon.log
+    numbers = lt.seeded_numbers(args.customers)
+    steps = []
+    try:
+        for i, rate in enumerate(args.rate):
+            plan = lt.Plan(rate=rate, duration=args.duration, hold=args.hold,
+                           digit_at=args.digit_at, digits=args.digits, mix=args.mix,
+                           arrival_spread=args.arrival_spread, seed=args.seed + i)
+            plan.check()
+            rows = lt.caller_rows(plan, numbers, plan.calls)
+            print(f"loadtest: {rate:g} calls/s for {args.duration:g}s ({plan.calls} calls)...",
+                  file=sys.stderr, flush=True)
+            step = await lt.run_step(pbx, plan, rows, daemon_pid=pid, daemon_log=log,
+                                     target=f"127.0.0.1:{pbx.sip_port}",
+                                     sl_threshold=args.sl_threshold)
+            steps.append(step)
+            print(f"loadtest: {rate:g} calls/s: offered {step.offered}, failed {step.failed}, "
+                  f"daemon CPU {step.cpu_percent or 0:.0f}%", file=sys.stderr, flush=True)
+            if step.failed and args.stop_on_failure:
+                break
+            if i + 1 < len(args.rate):
+                await asyncio.sleep(args.pause)
+    finally:
+        if daemon is not None:
+            code = await asyncio.to_thread(daemon.stop)
+            if code not in (0, None):
+                print(f"loadtest: the daemon exited with {code}", file=sys.stderr)
+    context = {
+        "daemon": f"pid {pid}" + (" (spawned)" if daemon else " (attached)"),
+        "daemon log level": args.daemon_log_level if daemon else "as running",
+        "customers seeded": args.customers,
+        "mix": args.mix, "digits": args.digits, "hold s": args.hold, "digit at s": args.digit_at,
+        "machine": f"{os.cpu_count()} cores; SIPp, Asterisk and the daemon share them",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    return steps, context
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from ivr_engine.pbx import DevPbx
+    from simulate import loadreport
+    from simulate import loadtest as lt
+
+    try:
+        args.mix = lt.parse_mix(args.mix)
+        lt.Plan(rate=args.rate[0], duration=args.duration, hold=args.hold,
+                digit_at=args.digit_at, digits=args.digits, mix=args.mix).check()
+    except lt.LoadTestError as exc:
+        raise ConfigError(str(exc), source="command line", key="loadtest") from None
+    pbx = DevPbx.from_settings(args.settings, base=Path.cwd())
+    with pbx.lease():
+        pbx.up()
+        steps, context = asyncio.run(_run(args, pbx, Path(args.report).resolve()))
+    command = "ivr-engine " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    md = loadreport.write(steps, Path(args.report), command=command, context=context)
+    print(md.read_text(encoding="utf-8"))
+    return 0 if steps and all(s.zero_failures for s in steps) else 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "loadtest",
+        help="SIPp callers at Poisson rates through the dev PBX into the daemon; report + plots",
+        description="The IVR-only journey of the demo hotline (CIF lookup, greeting, menu, one "
+        "key by SIP INFO, hang-up) at each --rate in turn. Spawns its own daemon unless "
+        "--daemon-pid is given. Writes report.json, report.md and PNG plots to --report. "
+        "Exit 1 when any call failed. See docs/loadtest.md.",
+    )
+    p.add_argument("--rate", type=_rates, default=[30.0], help="calls/s, or a list: 100,200,300")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per rate")
+    p.add_argument("--hold", type=float, default=1.0, help="seconds from the key to the BYE")
+    p.add_argument("--digit-at", type=float, default=0.5, help="seconds from answer to the key")
+    p.add_argument("--digits", default="1", help="keys drawn from, one per call (default 1)")
+    p.add_argument("--mix", default="known=0.7,unknown=0.2,withheld=0.1",
+                   help="callers: weights of known customers, unknown numbers, withheld")
+    p.add_argument("--arrival-spread", type=float, default=1.0,
+                   help="mean of the exponential shift of each arrival (s); see docs")
+    p.add_argument("--customers", type=int, default=2000, help="synthetic customers to seed")
+    p.add_argument("--daemon-pid", type=int, help="watch this running daemon instead")
+    p.add_argument("--daemon-log", help="its log file (for AGI step latency at DEBUG)")
+    p.add_argument("--daemon-log-level", default="DEBUG",
+                   help="log level of the spawned daemon (DEBUG gives AGI step latency)")
+    p.add_argument("--profile", action="store_true", help="run the spawned daemon under cProfile")
+    p.add_argument("--sl-threshold", type=float, default=1.0,
+                   help="service level: answered within this many seconds")
+    p.add_argument("--pause", type=float, default=5.0, help="seconds between rates")
+    p.add_argument("--stop-on-failure", action="store_true", help="stop at the first failed rate")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--report", default="loadtest-report", help="folder for the report")
+    p.set_defaults(func=_loadtest)

@@ -1,0 +1,133 @@
+"""Load-test reports: JSON (every number), a markdown summary, PNG plots over time."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from simulate.loadtest import StepResult
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else format(value, spec)
+
+
+def sustained(steps: Sequence[StepResult]) -> float | None:
+    """The highest rate that ran with zero failed calls."""
+    ok = [s.plan.rate for s in steps if s.zero_failures]
+    return max(ok) if ok else None
+
+
+def markdown(steps: Sequence[StepResult], *, command: str, context: dict[str, Any]) -> str:
+    lines = ["# Load test: IVR-only journey of the demo hotline", "",
+             f"Command: `{command}`", ""]
+    for key, value in context.items():
+        lines.append(f"- {key}: {value}")
+    lines += ["", "| rate offered (calls/s) | measured | dispersion | offered | answered | failed "
+              "| answer p50/p99 ms | AGI think p50/p99 ms | peak in system | daemon CPU % "
+              "| daemon RSS start/peak MB | RSS per call KB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in steps:
+        lines.append(
+            f"| {s.plan.rate:g} | {s.arrival_rate:.1f} | {s.dispersion:.2f} | {s.offered} "
+            f"| {s.answered} | **{s.failed}** | {_fmt(s.answer_ms_p50, '.0f')} / "
+            f"{_fmt(s.answer_ms_p99, '.0f')} | {_fmt(s.agi_think_ms_p50, '.0f')} / "
+            f"{_fmt(s.agi_think_ms_p99, '.0f')} | {s.peak_in_system} | {_fmt(s.cpu_percent)} "
+            f"| {_fmt(s.rss_start and s.rss_start / 1e6)} / {_fmt(s.rss_peak and s.rss_peak / 1e6)}"
+            f" | {_fmt(s.bytes_per_call and s.bytes_per_call / 1024)} |"
+        )
+    best = sustained(steps)
+    lines += ["", f"**Sustained with zero failed calls: "
+              f"{'none of the rates' if best is None else f'{best:g} calls/s'}**", ""]
+    for s in steps:
+        lines.append(f"## {s.plan.rate:g} calls/s for {s.plan.duration:g} s")
+        lines.append("")
+        lines.append(f"- calls: {s.plan.calls} planned, {s.offered} offered, {s.answered} "
+                     f"answered, {s.completed} completed; failed {s.failed} (SIPp "
+                     f"{s.failed_sipp}, dialplan fallbacks {s.fallbacks}, daemon "
+                     f"{s.daemon_failed}); the daemon served {s.daemon_calls}")
+        if s.sipp_failures:
+            lines.append(f"- SIPp failure counters: {s.sipp_failures}")
+        if s.agi_round_trip_ms:
+            rt = ", ".join(f"{verb} {_fmt(v['p50'], '.0f')}/{_fmt(v['p99'], '.0f')}"
+                           for verb, v in s.agi_round_trip_ms.items())
+            lines.append(f"- AGI command round trip p50/p99 ms (command written -> reply "
+                         f"read; STREAM FILE includes the audio played): {rt}")
+        for e in s.errors[:5]:
+            lines.append(f"- error: `{e.strip()[:300]}`")
+        lines.append(f"- plots: `{plot_name(s)}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_name(step: StepResult) -> str:
+    return f"load-{step.plan.rate:g}cps.png"
+
+
+def plot(step: StepResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = step.series
+    fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
+    ax = axes[0]
+    ax.plot(s["t"], s["in_system"], label="calls in system (answered, not ended)")
+    ax.plot(s["t"], s["offered"], label="offered per second", alpha=0.6)
+    ax.set_ylabel("calls")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"IVR-only load: {step.plan.rate:g} calls/s offered for "
+                 f"{step.plan.duration:g} s; {step.failed} failed")
+    ax = axes[1]
+    ax.plot(s["t"], s["service_level"], color="tab:green")
+    ax.set_ylabel("% answered\nwithin 1 s")
+    ax.set_ylim(-5, 105)
+    ax = axes[2]
+    ax.plot(s["t"], s["answer_ms_p50"], label="INVITE->200 p50")
+    ax.plot(s["t"], s["answer_ms_p99"], label="INVITE->200 p99")
+    if any(not math.isnan(x) for x in s["agi_think_ms_p50"]):
+        ax.plot(s["t"], s["agi_think_ms_p50"], label="AGI step (engine) p50")
+        ax.plot(s["t"], s["agi_think_ms_p99"], label="AGI step (engine) p99")
+    ax.set_ylabel("latency ms")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.legend(loc="upper right", fontsize=8)
+    ax = axes[3]
+    ax.plot(s["cpu_t"], s["cpu_percent"], label="daemon CPU % of a core", color="tab:red")
+    ax.set_ylabel("CPU %")
+    ax2 = ax.twinx()
+    ax2.plot(s["t"], s["rss_mb"], label="daemon RSS MB", color="tab:purple")
+    ax2.set_ylabel("RSS MB")
+    ax.set_xlabel("seconds since the first call")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _no_nan(value: Any) -> Any:
+    """JSON has no NaN: seconds without a sample become null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def write(steps: Sequence[StepResult], folder: Path, *, command: str,
+          context: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"command": command, "context": context, "sustained_zero_failures": sustained(steps),
+            "steps": [s.to_dict() for s in steps]}
+    (folder / "report.json").write_text(json.dumps(_no_nan(data), indent=1, allow_nan=False),
+                                        encoding="utf-8")
+    for s in steps:
+        plot(s, folder / plot_name(s))
+    md = folder / "report.md"
+    md.write_text(markdown(steps, command=command, context=context), encoding="utf-8")
+    return md
