@@ -282,3 +282,41 @@ async def test_withheld_caller_takes_the_anonymous_path_to_a_person(dev_pbx, dae
     assert_queued(call, "general", 2, "mandarin and any", "cmn")
     assert call.channel_vars["IVR_DATA_TIER"] == "anonymous"
     assert call.seconds < CALL_SECONDS
+
+
+def _vip_call_with_agent(sip_port: int) -> dict[str, Any]:
+    """Private-banking agent 1001 logged in (registered); Chen calls (worker thread)."""
+    with SipStack() as stack:
+        agent = stack.agent("1001", "agent-1001-dev", registrar=f"sip:127.0.0.1:{sip_port}",
+                            auto_answer_after=0.3)
+        agent.wait_registered(10)
+        stack.pump(1.0)  # app_queue learns the device state of the member
+        t0 = time.monotonic()
+        call = stack.caller("13926000001").call(f"sip:4008@127.0.0.1:{sip_port}")
+        stack.wait_for(lambda: bool(agent.incoming) and agent.incoming[0].is_connected,
+                       CALL_SECONDS, "the VIP agent to be connected")
+        reached = time.monotonic() - t0
+        caller_connected = call.is_connected
+        call.end()
+        stack.pump(0.5)
+        agent.unregister()
+        stack.pump(0.3)
+        return {"reached": reached, "caller_connected": caller_connected,
+                "agent_saw": agent.incoming[0].remote_uri}
+
+
+async def test_chen_reaches_a_private_banking_agent(dev_pbx, daemon):
+    """With an agent of the VIP queue logged in, the green channel ends with a person."""
+    queue_log = dev_pbx.in_root("/var/log/asterisk/queue_log")
+    before = queue_log.stat().st_size if queue_log.exists() else 0
+    result = await asyncio.to_thread(_vip_call_with_agent, dev_pbx.sip_port)
+    call_id = await asyncio.to_thread(_wait_record, daemon)
+    record = json.loads(daemon.cli("calls", "show", call_id, "--json").stdout)
+    assert record["queue"]["name"] == "vip" and record["queue"]["priority"] == 10
+    assert result["caller_connected"] and "13926000001" in result["agent_saw"], result
+    added = queue_log.read_bytes()[before:].decode(errors="replace").splitlines()
+    # queue_log: time|call id|queue|member name (log_membername_as_agent)|event|...
+    connects = [x for x in added if f"|{call_id}|hotline-vip|Agent 1001|CONNECT|" in x]
+    assert len(connects) == 1, added
+    print(f"VIP caller reached agent 1001 in {result['reached']:.1f}s")
+    assert result["reached"] < CALL_SECONDS
