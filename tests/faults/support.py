@@ -1,0 +1,90 @@
+"""Helpers for the fault suite: a hotline call from a simulated caller, and an MQTT capture."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+
+from simulate.script import parse, run
+from simulate.sip import SipStack
+
+
+@dataclass
+class CallResult:
+    steps: list[str]
+    speech: int
+    heard: float
+    seconds: float
+    first_speech: float | None  # media seconds from answer to the first prompt heard
+
+
+def call_hotline(
+    sip_port: int, number: str, script: str, *, max_seconds: float = 90.0
+) -> CallResult:
+    """One caller: dial 4008, run the DTMF script, hang up if the PBX has not (own SipStack)."""
+    t0 = time.monotonic()
+    with SipStack() as stack:
+        call = stack.caller(number).call(f"sip:4008@127.0.0.1:{sip_port}")
+        call.wait_connected(15)
+        steps = run(call, parse(script), prompt_timeout=60)
+        if not call.is_ended:
+            call.end()
+            stack.wait_for(lambda: call.is_ended, max_seconds, "the call to end")
+        segments = call.speech().segments
+        return CallResult(
+            steps,
+            len(segments),
+            call.heard_seconds(),
+            time.monotonic() - t0,
+            segments[0][0] if segments else None,
+        )
+
+
+@dataclass
+class MqttCapture:
+    """Subscribes to `#` on a broker and keeps every message; reconnects on its own (paho's
+    loop thread), so it captures again after a broker restart."""
+
+    port: int
+    messages: list[tuple[float, str, bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fault-capture")
+        self._client.reconnect_delay_set(0.1, 1)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._subscribed = threading.Event()
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:  # type: ignore[no-untyped-def]
+        client.subscribe("#", qos=1)
+        self._subscribed.set()
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        with self._lock:
+            self.messages.append((time.monotonic(), message.topic, bytes(message.payload)))
+
+    def start(self) -> None:
+        self._client.connect_async("127.0.0.1", self.port, keepalive=5)
+        self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError(f"MQTT capture could not subscribe on port {self.port}")
+        time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return [t for _, t, _ in self.messages]
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(0.1)
