@@ -28,10 +28,10 @@ def _demo(args: argparse.Namespace) -> int:
         print(
             "\nThe demo hotline is live on the dev PBX: extension 4008 at sip:4008@127.0.0.1:5060."
             "\nPlace a call from another terminal, as a carrier would:\n"
-            "  .venv/bin/ivr-engine call 4008 --from 13800138000 --script 'w,w,1,w,h'"
-            "    # Wang: bill due\n"
-            "  .venv/bin/ivr-engine call 4008 --from 13926000001 --script 'w,w,h'"
-            "        # Chen: VIP line\n"
+            "  .venv/bin/ivr-engine call 4008 --from 13800138000 --script 'w,2,w,0'"
+            "     # Wang: bill due, then a person\n"
+            "  .venv/bin/ivr-engine call 4008 --from 13926000001 --script 'w,h'"
+            "         # Chen: VIP green channel\n"
             "Then: .venv/bin/ivr-engine calls list",
             flush=True,
         )
