@@ -1,0 +1,648 @@
+"""The ACD router: async glue between the PBX's events, the matcher and the PBX's commands.
+
+```
+ flow queue node --register()--+                      +--> Publisher (MQTT): screen pop first
+ dialplan [acd-wait] ---------->|                      |
+   UserEvent AcdWaiting         |   Router  --events-->| Matcher (pure) --decisions-->
+ [acd-connect] AcdAnswered ---->|  loop.call_later     |
+   AcdDialResult, Hangup ------>|  as the Scheduler    +--> PbxCommands: Redirect the caller
+ ContactStatus (phone reg.) --->|                            to [acd-connect],<agent>
+ CLI / MQTT agent commands ---->+
+```
+
+The router never blocks an event on the PBX: a decision becomes an owned, named task that
+runs the PBX command; its latency (event in -> command issued, and -> command acknowledged) is
+measured here and kept in `Router.latency`.
+
+Call life, as the dialplan in `asterisk-conf/extensions.conf` drives it:
+
+1. `register(...)`: the flow's queue node describes the call (skills, priority, screen pop);
+   the flow ends with IVR_NEXT=acd and the dialplan parks the caller in `[acd-wait]`.
+2. `call_waiting(call_id, channel)` (UserEvent AcdWaiting): the call enters the matcher.
+3. An `Offer`: the screen pop is published on `agent/<id>/screenpop`, *then* the caller's
+   channel is redirected to `[acd-connect]`, which Dials the agent's phone with a ring
+   timeout. Because Dial runs in the caller's channel, a caller who hangs up cancels the ring
+   in Asterisk itself: no ghost call can reach the agent afterwards.
+4. `answered` (UserEvent AcdAnswered from Dial's U() subroutine on the agent's channel),
+   `dial_result` (UserEvent AcdDialResult after Dial: NOANSWER/BUSY/... -> ring-no-answer,
+   the caller back in `[acd-wait]`; ANSWER -> the conversation is over), `channel_gone`
+   (AMI Hangup of the caller's channel: abandon, cancelled ring, or end of the conversation).
+5. A guard timer per offer: if the PBX never reports the ring's outcome (a Redirect lost with
+   an AMI drop), the offer counts as not answered after the ring timeout plus a margin, so no
+   agent stays reserved for ever.
+
+Agents: `contact_changed(endpoint, registered)` logs roster agents with `login: auto` in and
+out as their phones register and unregister; `login/logout/pause/resume` are the manual verbs
+(CLI, MQTT). A change the state machine forbids now (logging out a ringing agent) is kept and
+applied as soon as it becomes legal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from acd.agent_state import AgentState
+from acd.errors import AcdError, InvalidEvent, UnknownAgent
+from acd.matcher import Matcher
+from acd.model import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    VOICE,
+    CallSpec,
+    Decision,
+    Offer,
+    Overflowed,
+    TimerKey,
+    Withdraw,
+)
+from acd.roster import Roster, RosterAgent
+
+log = logging.getLogger(__name__)
+
+#: Where the dialplan takes the caller (extensions.conf).
+CONNECT_CONTEXT = "acd-connect"
+WAIT_CONTEXT = "acd-wait"
+OPERATORS = "operators"
+#: Dial statuses that mean "the agent did not take it" (app_dial's DIALSTATUS).
+NOT_ANSWERED = frozenset({"NOANSWER", "BUSY", "CHANUNAVAIL", "CONGESTION"})
+
+
+class PbxCommands(Protocol):
+    """What the router asks of the PBX. `ivr_engine.pbx_commands.AmiPbxCommands` is the real one;
+    tests pass fakes. Each raises on failure (the router logs it and keeps routing)."""
+
+    async def redirect(self, channel: str, context: str, exten: str, priority: int = 1) -> None: ...
+
+    async def set_variable(self, channel: str, name: str, value: str) -> None: ...
+
+    async def hangup(self, channel: str, cause: int = 16) -> None: ...
+
+
+class Publisher(Protocol):
+    """Where events for agents and wallboards go (MQTT). Never blocks."""
+
+    def publish(self, topic: str, payload: Mapping[str, Any], *, retain: bool = False) -> None: ...
+
+
+class LoopScheduler:
+    """The matcher's Scheduler on `loop.call_later`; `at` is on the loop's clock."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Callable[[TimerKey], None]) -> None:
+        self._loop = loop
+        self._fire = fire
+        self._handles: dict[TimerKey, asyncio.TimerHandle] = {}
+
+    def schedule(self, at: float, key: TimerKey) -> None:
+        old = self._handles.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._handles[key] = self._loop.call_at(at, self._due, key)
+
+    def cancel(self, key: TimerKey) -> None:
+        handle = self._handles.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _due(self, key: TimerKey) -> None:
+        self._handles.pop(key, None)
+        self._fire(key)
+
+    def cancel_all(self) -> None:
+        for handle in self._handles.values():
+            handle.cancel()
+        self._handles.clear()
+
+    @property
+    def pending(self) -> int:
+        # Not __len__: an empty scheduler must stay truthy (`scheduler or default`).
+        return len(self._handles)
+
+
+@dataclass
+class RoutedCall:
+    """What the router knows of one call beside the matcher."""
+
+    call_id: str
+    queue: str  # the flow's queue name (vip, risk, ...)
+    requirement: str
+    priority: int
+    language: str
+    screen_pop: Mapping[str, str]
+    channel: str = ""
+    matcher_queue: str = ""
+    agent: str = ""  # offered to or connected with
+    state: str = "registered"  # registered | waiting | ringing | connected | gone
+    registered_at: float = 0.0
+    queued_at: float = 0.0
+    guard: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class LatencyLog:
+    """Decision latencies in seconds: event in -> PBX command issued (`issued`) and -> the PBX
+    acknowledged it (`acked`). Bounded: the most recent `keep` samples."""
+
+    keep: int = 100_000
+    issued: deque[float] = field(default_factory=deque)
+    acked: deque[float] = field(default_factory=deque)
+
+    def add(self, samples: deque[float], value: float) -> None:
+        samples.append(value)
+        if len(samples) > self.keep:
+            samples.popleft()
+
+    @staticmethod
+    def percentile(samples: Iterable[float], q: float) -> float:
+        ordered = sorted(samples)
+        if not ordered:
+            return float("nan")
+        index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+        return ordered[index]
+
+
+def acd_priority(flow_priority: int) -> int:
+    """The flows speak app_queue's QUEUE_PRIO (higher is more urgent, VIP 10); the matcher's
+    priorities are 0..9 with 0 the most urgent."""
+    return max(PRIORITY_MIN, PRIORITY_MAX - max(0, min(int(flow_priority), PRIORITY_MAX)))
+
+
+class Router:
+    """Routes calls from PBX events through a `Matcher` to `PbxCommands`. One per daemon.
+
+    Use as `async with Router(roster, pbx, publisher) as router:`; leaving it cancels the
+    timers and the PBX commands still running.
+    """
+
+    def __init__(
+        self,
+        roster: Roster,
+        pbx: PbxCommands,
+        publisher: Publisher,
+        *,
+        ring_timeout: float = 15.0,
+        max_misses: int = 2,
+        guard_margin: float = 10.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.roster = roster
+        self.pbx = pbx
+        self.publisher = publisher
+        self.ring_timeout = ring_timeout
+        self.guard_margin = guard_margin
+        self._max_misses = max_misses
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock = clock
+        self.scheduler: LoopScheduler | None = None
+        self.matcher: Matcher | None = None
+        self.calls: dict[str, RoutedCall] = {}
+        self._by_channel: dict[str, str] = {}
+        self._matcher_queues: dict[tuple[str, str], str] = {}
+        self._generation = 0
+        self._registered: set[str] = set()  # agents whose phone is registered
+        self._deferred: dict[str, Callable[[], None]] = {}  # agent -> change to apply later
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._task_seq = 0
+        self.latency = LatencyLog()
+        self.offers = 0
+        self.errors = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Router:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.scheduler = LoopScheduler(self._loop, self.timer_fired)
+        self.matcher = Matcher(self.scheduler, max_misses=self._max_misses)
+
+    async def aclose(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.cancel_all()
+        for call in self.calls.values():
+            if call.guard is not None:
+                call.guard.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        if self._loop is None:
+            raise RuntimeError("router not started")
+        return self._loop.time()
+
+    @property
+    def m(self) -> Matcher:
+        if self.matcher is None:
+            raise RuntimeError("router not started")
+        return self.matcher
+
+    # ------------------------------------------------------------------ calls
+
+    def register(
+        self,
+        call_id: str,
+        *,
+        queue: str,
+        requirement: str,
+        priority: int,
+        language: str,
+        screen_pop: Mapping[str, str],
+    ) -> RoutedCall:
+        """Describe a call before the dialplan parks it (the flow's queue node). Validates the
+        requirement now, so a bad expression fails the flow's node, not the waiting caller."""
+        if call_id in self.calls and self.calls[call_id].state != "gone":
+            raise InvalidEvent(f"call {call_id} is already with the ACD")
+        call = RoutedCall(
+            call_id,
+            queue,
+            requirement,
+            acd_priority(priority),
+            language,
+            dict(screen_pop),
+            registered_at=self.now(),
+        )
+        call.matcher_queue = self._matcher_queue(queue, requirement)
+        self.calls[call_id] = call
+        return call
+
+    def _matcher_queue(self, queue: str, requirement: str) -> str:
+        """One matcher queue per (flow queue, requirement): the flow sets the call's skills,
+        the roster the queue's policy. Created on first use (few distinct pairs)."""
+        key = (queue, requirement)
+        found = self._matcher_queues.get(key)
+        if found is None:
+            found = f"{queue}.{self._generation}.{len(self._matcher_queues)}"
+            self.m.add_queue(self.roster.policy(queue).spec_for(found, requirement))
+            self._matcher_queues[key] = found
+        return found
+
+    def call_waiting(self, call_id: str, channel: str) -> None:
+        """The caller is in [acd-wait] (UserEvent AcdWaiting): the call enters the matcher."""
+        started = time.perf_counter()
+        call = self.calls.get(call_id)
+        if call is None:
+            # The daemon restarted after the flow, or a call the engine never described: it
+            # cannot be routed with its skills; the operators take it.
+            log.warning("call %s waits in the ACD but was never registered: operators", call_id)
+            self._spawn(self._redirect(channel, OPERATORS, "s", started, None), f"acd-op-{call_id}")
+            return
+        if call.state != "registered":
+            log.debug("call %s: AcdWaiting again in state %s ignored", call_id, call.state)
+            return
+        call.channel = channel
+        call.state = "waiting"
+        call.queued_at = self.now()
+        self._by_channel[channel] = call_id
+        self.publisher.publish(
+            f"acd/call/{call_id}/queued",
+            {
+                "event": "CallQueued",
+                "call_id": call_id,
+                "queue": call.queue,
+                "priority": call.priority,
+            },
+        )
+        spec = CallSpec(call_id, call.matcher_queue, VOICE, call.priority)
+        self._apply(self.m.call_arrived(spec, self.now()), started)
+
+    def answered(self, call_id: str, agent: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.state != "ringing" or call.agent != agent:
+            log.warning("answer of %s by %s does not match an offer; ignored", call_id, agent)
+            return
+        self._clear_guard(call)
+        call.state = "connected"
+        self.publisher.publish(
+            f"agent/{agent}/state", {"event": "CallConnected", "call_id": call_id, "agent": agent}
+        )
+        self._apply(self.m.answered(call_id, agent, self.now()), time.perf_counter())
+
+    def dial_result(self, call_id: str, agent: str, status: str) -> None:
+        """After Dial in [acd-connect]: the agent did not take the call, or the call is over."""
+        started = time.perf_counter()
+        call = self.calls.get(call_id)
+        if call is None or call.state == "gone":
+            return
+        status = status.upper()
+        if call.state == "ringing" and call.agent == agent and status in NOT_ANSWERED:
+            self._clear_guard(call)
+            call.state = "waiting"
+            call.agent = ""
+            self.publisher.publish(
+                f"agent/{agent}/state",
+                {"event": "RingNoAnswer", "call_id": call_id, "agent": agent, "status": status},
+            )
+            self._apply(self.m.no_answer(call_id, agent, self.now()), started)
+            self._apply_deferred(agent)
+        elif call.state == "connected" and status == "ANSWER":
+            self._end(call, started)
+        else:
+            log.debug("dial result %s for %s/%s in state %s", status, call_id, agent, call.state)
+
+    def channel_gone(self, channel: str) -> None:
+        """The caller's channel hung up (AMI Hangup)."""
+        call_id = self._by_channel.pop(channel, None)
+        if call_id is None:
+            return
+        call = self.calls.get(call_id)
+        if call is None or call.state == "gone":
+            return
+        started = time.perf_counter()
+        if call.state == "connected":
+            self._end(call, started)
+            return
+        self._clear_guard(call)
+        agent = call.agent
+        call.state = "gone"
+        if agent:
+            self.publisher.publish(
+                f"agent/{agent}/state",
+                {"event": "OfferWithdrawn", "call_id": call_id, "reason": "caller-hung-up"},
+            )
+        if self.m.call_state(call_id) is not None:
+            self._apply(self.m.hung_up(call_id, self.now()), started)
+        self.calls.pop(call_id, None)
+        if agent:
+            self._apply_deferred(agent)
+
+    def _end(self, call: RoutedCall, started: float) -> None:
+        agent = call.agent
+        call.state = "gone"
+        self._by_channel.pop(call.channel, None)
+        self.calls.pop(call.call_id, None)
+        self._apply(self.m.call_ended(call.call_id, self.now()), started)
+        self.publisher.publish(
+            f"agent/{agent}/state", {"event": "CallEnded", "call_id": call.call_id}
+        )
+        self._apply_deferred(agent)
+
+    # ------------------------------------------------------------------ agents
+
+    def load_roster(self, roster: Roster) -> None:
+        """Apply a (re)loaded roster: new queue policies for new calls, agents added, changed
+        or removed. Agents busy now get their change when they free up."""
+        old = self.roster
+        self.roster = roster
+        self._generation += 1
+        self._matcher_queues.clear()
+        for agent_id in old.agents:
+            if agent_id not in roster.agents:
+                self._when_legal(agent_id, "logout", functools.partial(self._logout, agent_id))
+        for agent_id, entry in roster.agents.items():
+            before = old.agents.get(agent_id)
+            if (
+                before is not None
+                and before != entry
+                and self._state(agent_id)
+                not in (
+                    None,
+                    AgentState.LOGGED_OUT,
+                )
+            ):
+                self._when_legal(agent_id, "logout", functools.partial(self._relogin, agent_id))
+            elif entry.login == "auto" and agent_id in self._registered:
+                if self._state(agent_id) in (None, AgentState.LOGGED_OUT):
+                    self.login(agent_id)
+
+    def _relogin(self, agent_id: str) -> None:
+        reason = self.m.pause_reason(agent_id)
+        self._logout(agent_id)
+        entry = self.roster.agents.get(agent_id)
+        if entry is not None:
+            self._apply(self.m.login(entry.spec, self.now(), paused=reason), time.perf_counter())
+
+    def contact_changed(self, endpoint: str, registered: bool) -> None:
+        """A phone registered (or became reachable) or went away (AMI ContactStatus)."""
+        entry = self._entry_by_endpoint(endpoint)
+        if entry is None:
+            return
+        if registered:
+            self._registered.add(entry.id)
+            if entry.login == "auto" and self._state(entry.id) in (None, AgentState.LOGGED_OUT):
+                self.login(entry.id)
+        else:
+            self._registered.discard(entry.id)
+            if self._state(entry.id) not in (None, AgentState.LOGGED_OUT):
+                log.info("agent %s: phone unregistered: logging out", entry.id)
+                self._when_legal(entry.id, "logout", lambda: self._logout(entry.id))
+
+    def _entry_by_endpoint(self, endpoint: str) -> RosterAgent | None:
+        name = endpoint if endpoint.startswith("PJSIP/") else f"PJSIP/{endpoint}"
+        return self.roster.by_endpoint(name)
+
+    def login(self, agent_id: str, *, paused: str | None = None) -> None:
+        entry = self.roster.agents.get(agent_id)
+        if entry is None:
+            raise UnknownAgent(f"agent {agent_id} is not in the roster {self.roster.path}")
+        started = time.perf_counter()
+        self._apply(self.m.login(entry.spec, self.now(), paused=paused), started)
+        self._publish_agent(agent_id)
+
+    def logout(self, agent_id: str) -> None:
+        self._agent_known(agent_id)
+        self._logout(agent_id)
+
+    def _logout(self, agent_id: str) -> None:
+        if self._state(agent_id) in (None, AgentState.LOGGED_OUT):
+            return
+        self._apply(self.m.logout(agent_id, self.now()), time.perf_counter())
+        self._publish_agent(agent_id)
+
+    def pause(self, agent_id: str, reason: str) -> None:
+        self._agent_known(agent_id)
+        self._apply(self.m.pause(agent_id, reason, self.now()), time.perf_counter())
+        self._publish_agent(agent_id)
+
+    def resume(self, agent_id: str) -> None:
+        self._agent_known(agent_id)
+        started = time.perf_counter()
+        self._apply(self.m.resume(agent_id, self.now()), started)
+        self._publish_agent(agent_id)
+
+    def _agent_known(self, agent_id: str) -> None:
+        if agent_id not in self.roster.agents and self._state(agent_id) is None:
+            raise UnknownAgent(f"agent {agent_id} is not in the roster {self.roster.path}")
+
+    def _state(self, agent_id: str) -> AgentState | None:
+        try:
+            return self.m.agent_state(agent_id)
+        except UnknownAgent:
+            return None
+
+    def _when_legal(self, agent_id: str, event: str, change: Callable[[], None]) -> None:
+        state = self._state(agent_id)
+        if state in (AgentState.RESERVED, AgentState.ON_CALL):
+            self._deferred[agent_id] = change
+        else:
+            change()
+
+    def _apply_deferred(self, agent_id: str) -> None:
+        if self._state(agent_id) in (AgentState.RESERVED, AgentState.ON_CALL):
+            return
+        change = self._deferred.pop(agent_id, None)
+        if change is not None:
+            change()
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every roster agent with its state (for `ivr-engine agents list`)."""
+        out = []
+        for agent_id, entry in sorted(self.roster.agents.items()):
+            state = self._state(agent_id)
+            out.append(
+                {
+                    "agent": agent_id,
+                    "name": entry.name,
+                    "state": (state or AgentState.LOGGED_OUT).value,
+                    "reason": self.m.pause_reason(agent_id) if state else None,
+                    "registered": agent_id in self._registered,
+                    "skills": dict(entry.spec.skills),
+                }
+            )
+        return out
+
+    def _publish_agent(self, agent_id: str) -> None:
+        state = self._state(agent_id) or AgentState.LOGGED_OUT
+        self.publisher.publish(
+            f"agent/{agent_id}/status",
+            {
+                "agent": agent_id,
+                "state": state.value,
+                "reason": self.m.pause_reason(agent_id)
+                if state is not AgentState.LOGGED_OUT
+                else None,
+            },
+            retain=True,
+        )
+
+    # ------------------------------------------------------------------ timers
+
+    def timer_fired(self, key: TimerKey) -> None:
+        started = time.perf_counter()
+        try:
+            decisions = self.m.timer_fired(key, self.now())
+        except AcdError:
+            log.exception("timer %r", key)
+            return
+        self._apply(decisions, started)
+        if key[0] == "wrapup":
+            self._publish_agent(key[1])
+
+    def _guard_fired(self, call_id: str, agent: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and call.state == "ringing" and call.agent == agent:
+            log.error(
+                "call %s: no ring outcome from the PBX for agent %s; requeued", call_id, agent
+            )
+            call.guard = None
+            self.dial_result(call_id, agent, "NOANSWER")
+
+    def _clear_guard(self, call: RoutedCall) -> None:
+        if call.guard is not None:
+            call.guard.cancel()
+            call.guard = None
+
+    # ------------------------------------------------------------------ decisions
+
+    def _apply(self, decisions: list[Decision], started: float) -> None:
+        for decision in decisions:
+            if isinstance(decision, Offer):
+                self._offer(decision, started)
+            elif isinstance(decision, Withdraw):
+                # Voice: Dial runs in the caller's channel, so Asterisk already cancelled it.
+                log.info("offer of %s to %s withdrawn (%s)", *decision)
+            elif isinstance(decision, Overflowed):
+                self._overflow(decision, started)
+
+    def _offer(self, offer: Offer, started: float) -> None:
+        call = self.calls.get(offer.call)
+        if call is None:
+            raise InvalidEvent(f"offer of unknown call {offer.call}")
+        entry = self.roster.agents.get(offer.agent)
+        self.offers += 1
+        call.state = "ringing"
+        call.agent = offer.agent
+        now = self.now()
+        # The screen pop goes out BEFORE the phone can ring: published first, then redirect.
+        self.publisher.publish(
+            f"agent/{offer.agent}/screenpop",
+            {
+                "event": "ScreenPop",
+                "call_id": call.call_id,
+                "agent": offer.agent,
+                "queue": call.queue,
+                "language": call.language,
+                "priority": call.priority,
+                "waited": round(now - call.queued_at, 3),
+                "data": dict(call.screen_pop),
+            },
+        )
+        if self._loop is not None:
+            call.guard = self._loop.call_later(
+                self.ring_timeout + self.guard_margin, self._guard_fired, call.call_id, offer.agent
+            )
+        exten = entry.endpoint.split("/", 1)[1] if entry is not None else offer.agent
+        self._spawn(
+            self._redirect(call.channel, CONNECT_CONTEXT, exten, started, call.call_id),
+            f"acd-offer-{call.call_id}",
+        )
+
+    def _overflow(self, over: Overflowed, started: float) -> None:
+        call = self.calls.get(over.call)
+        if call is None:
+            return
+        target = over.target or OPERATORS
+        log.info(
+            "call %s overflowed from %s (%s) to %s", over.call, over.queue, over.reason, target
+        )
+        if target in self.roster.queues and target != call.queue:
+            call.queue = target
+            call.matcher_queue = self._matcher_queue(target, call.requirement)
+            spec = CallSpec(call.call_id, call.matcher_queue, VOICE, call.priority)
+            self._apply(self.m.call_arrived(spec, self.now()), started)
+            return
+        call.state = "gone"
+        self._by_channel.pop(call.channel, None)
+        self.calls.pop(call.call_id, None)
+        self._spawn(
+            self._redirect(call.channel, OPERATORS, "s", started, None),
+            f"acd-overflow-{call.call_id}",
+        )
+
+    async def _redirect(
+        self, channel: str, context: str, exten: str, started: float, call_id: str | None
+    ) -> None:
+        self.latency.add(self.latency.issued, time.perf_counter() - started)
+        try:
+            await self.pbx.redirect(channel, context, exten)
+        except Exception as exc:  # the PBX refused or is away: the guard timer requeues
+            self.errors += 1
+            log.warning("redirect of %s to %s,%s failed: %s", channel, context, exten, exc)
+            return
+        self.latency.add(self.latency.acked, time.perf_counter() - started)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._task_seq += 1
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self._task_seq}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the PBX commands in flight (tests, benchmark)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
