@@ -60,6 +60,9 @@ class Plan:
                                                                "withheld": 0.1})
     arrival_spread: float = 1.0  # mean seconds of the exponential shift (Poisson arrivals)
     max_calls: int = 6000  # SIPp's -l: calls alive at once, the arrival delay included
+    # SIPp's RTP port in the SDP (outside the PBX's 10000-19999): SIPp sends no audio; the
+    # port must be non-zero, or Asterisk refuses the offer (488: a rejected stream).
+    media_port: int = 30000
     seed: int = 7
 
     @property
@@ -113,8 +116,8 @@ def caller_rows(plan: Plan, known_numbers: Sequence[str], count: int) -> list[st
         if kind == "known":
             rows.append(f"{rng.choice(known_numbers)};127.0.0.1;{digit}")
         elif kind == "unknown":
-            # Mainland mobiles under a prefix the synthetic book does not use (seed._PREFIXES).
-            rows.append(f"1990{rng.randrange(10**7):07d};127.0.0.1;{digit}")
+            # Beijing landlines: the synthetic book holds mobiles only, so never a customer.
+            rows.append(f"010{rng.randrange(2 * 10**7, 9 * 10**7):08d};127.0.0.1;{digit}")
         else:
             rows.append(f"anonymous;anonymous.invalid;{digit}")
     return rows
@@ -187,6 +190,7 @@ class SpawnedDaemon:
 
     def start(self, timeout: float = 60.0) -> int:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log.unlink(missing_ok=True)  # a stale "serving FastAGI" must not count as ready
         cli = [sys.executable, "-m", "ivr_engine.cli"]
         subprocess.run([*cli, "cif", "seed", "--customers", str(self.customers)], env=self.env,
                        check=True, capture_output=True, timeout=600)
@@ -196,10 +200,9 @@ class SpawnedDaemon:
                      "-m", "ivr_engine.cli", "serve"]
         out = open(self.workdir / "daemon.out", "wb")  # noqa: SIM115 (the child keeps the fd)
         with out:
-            # stderr carries a copy of every log line: at DEBUG and 300 calls/s that copy is
-            # a measurable share of the CPU, so it goes nowhere (the log file keeps them).
+            # stderr carries a copy of every log line (a cost at DEBUG, measured with it).
             self.proc = subprocess.Popen(serve, env=self.env, stdout=out,
-                                         stderr=subprocess.DEVNULL)
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -298,7 +301,7 @@ async def run_sipp(pbx: Any, plan: Plan, rows: Sequence[str], *, target: str) ->
                                               encoding="ascii")
         argv = pbx.sipp_cmd(
             target, "-sf", f"{inside}/scenario.xml", "-inf", f"{inside}/callers.csv",
-            "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1", "-mp", "0",
+            "-i", "127.0.0.1", "-mi", "127.0.0.1", "-mp", str(plan.media_port),
             "-r", f"{plan.rate:g}", "-rp", "1000", "-m", str(plan.calls),
             "-l", str(plan.max_calls),
             "-trace_logs", "-log_file", f"{inside}/calls.log",
@@ -353,15 +356,18 @@ def _ts(text: str) -> float:
 @dataclass
 class DaemonLog:
     calls: int = 0  # "call from ..." lines: calls the daemon served
-    failed: int = 0  # handler failures, FastAGI errors, AGI FAILURE endings
+    failed: int = 0  # calls with a handler failure, a FastAGI error or an AGI FAILURE
+    flow_errors: int = 0  # calls whose flow hit an error (the caller went to `technical`)
     errors: list[str] = field(default_factory=list)
     think_ms: list[float] = field(default_factory=list)  # reply read -> next command written
     think_at: list[float] = field(default_factory=list)  # wall time of each think sample
     round_trip_ms: dict[str, list[float]] = field(default_factory=dict)  # by AGI verb
 
 
+# A call that failed in the daemon: the handler failed (the caller went to a person through
+# the dialplan), a FastAGI error, or the flow hit an error (the caller went to `technical`).
 _FAILURE = ("call failed", "call handler failed", "call ended on a FastAGI error",
-            "AGI ended with FAILURE")
+            "AGI ended with FAILURE", "flow error")
 
 
 def parse_daemon_log(lines: Iterator[str], since: float, until: float) -> DaemonLog:
@@ -371,6 +377,8 @@ def parse_daemon_log(lines: Iterator[str], since: float, until: float) -> Daemon
     out = DaemonLog()
     last_reply: dict[str, float] = {}
     sent: dict[str, tuple[float, str]] = {}
+    failed: set[str] = set()
+    flow_errors: set[str] = set()
     for line in lines:
         m = _LINE.match(line)
         if not m:
@@ -382,7 +390,7 @@ def parse_daemon_log(lines: Iterator[str], since: float, until: float) -> Daemon
         if msg.startswith("call from "):
             out.calls += 1
         elif level in ("ERROR", "WARNING") and msg.startswith(_FAILURE):
-            out.failed += 1
+            (flow_errors if msg.startswith("flow error") else failed).add(call)
             if len(out.errors) < 20:
                 out.errors.append(line.strip()[:300])
         elif msg.startswith("-> "):
@@ -395,6 +403,8 @@ def parse_daemon_log(lines: Iterator[str], since: float, until: float) -> Daemon
             t_sent, verb = sent.pop(call)
             out.round_trip_ms.setdefault(verb, []).append((t - t_sent) * 1000)
             last_reply[call] = t
+    out.failed = len(failed - flow_errors)
+    out.flow_errors = len(flow_errors)
     return out
 
 
@@ -433,6 +443,7 @@ class StepResult:
     fallbacks: int
     daemon_calls: int
     daemon_failed: int
+    flow_errors: int  # calls that met a flow error: content, not capacity (see errors)
     arrival_rate: float  # offers per second measured over the arrival window
     dispersion: float  # variance/mean of per-second offers (1 for Poisson)
     answer_ms_p50: float | None
@@ -454,10 +465,16 @@ class StepResult:
     def zero_failures(self) -> bool:
         return self.failed == 0 and self.offered == self.plan.calls
 
+    @property
+    def capacity_failures(self) -> int:
+        """Failed calls that were not flow errors: SIP, AGI, dialplan fallbacks."""
+        return self.failed - self.flow_errors
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["plan"] = {**asdict(self.plan), "calls": self.plan.calls}
         d["zero_failures"] = self.zero_failures
+        d["capacity_failures"] = self.capacity_failures
         return d
 
 
@@ -481,14 +498,18 @@ def summarise(plan: Plan, sipp: SippRun, procs: Sequence[ProcSample], dlog: Daem
     # A call is failed when SIPp says so, when it never completed, or when the dialplan had to
     # take it because the daemon did not (ivr-fallback), or the daemon failed it.
     daemon_failed = dlog.failed if dlog else 0
-    failed = max(failed_sipp, len(calls) - len(completed)) + fallbacks + daemon_failed
+    flow_errors = dlog.flow_errors if dlog else 0
+    failed = (max(failed_sipp, len(calls) - len(completed)) + fallbacks + daemon_failed
+              + flow_errors)
     answer_ms = [(c.answered - c.offered) * 1000 for c in answered if c.answered is not None]
     horizon = max((c.ended or c.answered or c.offered) for c in calls) if calls else 0.0
     seconds = list(range(int(horizon) + 2))
     per_sec = [0] * len(seconds)
     for c in calls:
         per_sec[min(int(c.offered), len(per_sec) - 1)] += 1
-    window = per_sec[: max(1, int(plan.duration))]
+    # The steady part of the arrivals: the exponential shift ramps the first seconds up.
+    lead = math.ceil(3 * plan.arrival_spread)
+    window = per_sec[lead : int(plan.duration)] if plan.duration > lead + 2 else per_sec[:1]
     mean = statistics.fmean(window) if window else 0.0
     dispersion = statistics.pvariance(window) / mean if mean else 0.0
     sl, ans_p50, ans_p99 = [], [], []
@@ -541,6 +562,7 @@ def summarise(plan: Plan, sipp: SippRun, procs: Sequence[ProcSample], dlog: Daem
         plan=plan, offered=len(calls), answered=len(answered), completed=len(completed),
         failed=failed, failed_sipp=failed_sipp, fallbacks=fallbacks,
         daemon_calls=dlog.calls if dlog else 0, daemon_failed=daemon_failed,
+        flow_errors=flow_errors,
         arrival_rate=mean, dispersion=dispersion,
         answer_ms_p50=pct(answer_ms, 50), answer_ms_p99=pct(answer_ms, 99),
         agi_think_ms_p50=think_p50, agi_think_ms_p99=think_p99, agi_round_trip_ms=round_trip,

@@ -40,9 +40,9 @@ async def _run(args: argparse.Namespace, pbx: Any, report: Path) -> tuple[
                                   customers=args.customers, profile=profile)
         pid = await asyncio.to_thread(daemon.start)
         log = daemon.log
-    numbers = lt.seeded_numbers(args.customers)
     steps = []
     try:
+        numbers = lt.seeded_numbers(args.customers)
         for i, rate in enumerate(args.rate):
             plan = lt.Plan(rate=rate, duration=args.duration, hold=args.hold,
                            digit_at=args.digit_at, digits=args.digits, mix=args.mix,
