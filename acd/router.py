@@ -300,7 +300,7 @@ class Router:
             # The daemon restarted after the flow, or a call the engine never described: it
             # cannot be routed with its skills; the operators take it.
             log.warning("call %s waits in the ACD but was never registered: operators", call_id)
-            self._spawn(self._redirect(channel, OPERATORS, "s", started, None), f"acd-op-{call_id}")
+            self.spawn(self._redirect(channel, OPERATORS, "s", started, None), f"acd-op-{call_id}")
             return
         if call.state != "registered":
             log.debug("call %s: AcdWaiting again in state %s ignored", call_id, call.state)
@@ -597,7 +597,7 @@ class Router:
                 self.ring_timeout + self.guard_margin, self._guard_fired, call.call_id, offer.agent
             )
         exten = entry.endpoint.split("/", 1)[1] if entry is not None else offer.agent
-        self._spawn(
+        self.spawn(
             self._redirect(call.channel, CONNECT_CONTEXT, exten, started, call.call_id),
             f"acd-offer-{call.call_id}",
         )
@@ -619,7 +619,7 @@ class Router:
         call.state = "gone"
         self._by_channel.pop(call.channel, None)
         self.calls.pop(call.call_id, None)
-        self._spawn(
+        self.spawn(
             self._redirect(call.channel, OPERATORS, "s", started, None),
             f"acd-overflow-{call.call_id}",
         )
@@ -636,7 +636,7 @@ class Router:
             return
         self.latency.add(self.latency.acked, time.perf_counter() - started)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def spawn(self, coro: Any, name: str) -> None:
         self._task_seq += 1
         task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self._task_seq}")
         self._tasks.add(task)
