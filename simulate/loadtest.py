@@ -386,10 +386,10 @@ def parse_daemon_log(lines: Iterator[str], since: float, until: float) -> Daemon
         t = _ts(m.group(1))
         if t < since or t > until:
             continue
-        level, call, msg = m.group(2), m.group(4), m.group(5)
+        call, msg = m.group(4), m.group(5)
         if msg.startswith("call from "):
             out.calls += 1
-        elif level in ("ERROR", "WARNING") and msg.startswith(_FAILURE):
+        elif msg.startswith(_FAILURE):  # "AGI ended with FAILURE" is an INFO line
             (flow_errors if msg.startswith("flow error") else failed).add(call)
             if len(out.errors) < 20:
                 out.errors.append(line.strip()[:300])
