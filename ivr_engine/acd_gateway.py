@@ -10,18 +10,54 @@ a person.
 
 The screen pop carries only what the flow put in `data` (the flow lint refuses sensitive
 values there) plus the caller's number masked to its last four digits.
+
+`AcdService` is what the composition root builds when a roster exists: the router, its AMI
+commands and event bridge, and the agent command channel on MQTT:
+
+    topic  <prefix>/acd/command      (the daemon subscribes)
+    {"id": "<request id, 1-64 of [A-Za-z0-9_.-]>", "verb": "list|login|logout|pause|resume|reload",
+     "agent": "1001" (all verbs but list/reload), "reason": "break" (pause only)}
+    topic  <prefix>/acd/reply/<id>
+    {"id": ..., "ok": true, "agents": [{"agent", "name", "state", "reason", "registered",
+     "skills"}]}  or  {"id": ..., "ok": false, "error": "<why>"}
+
+A malformed command is answered with `ok: false` and the reason when it carries a usable id,
+and logged otherwise; it never changes an agent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import re
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
 
 from acd.errors import AcdError
-from acd.router import Router
+from acd.roster import Roster
+from acd.router import Publisher, Router
+from ivr_engine.config import MqttSettings
+from ivr_engine.errors import ConfigError
 from ivr_engine.flow.channel import CallChannel
 from ivr_engine.flow.services import DialplanQueueGateway, QueueGateway, QueueOutcome, QueueRequest
+from ivr_engine.pbx_commands import AcdAmiBridge, AmiPbxCommands
+from ivr_engine.transport.ami import AmiClient
 
 log = logging.getLogger(__name__)
+
+COMMAND_TOPIC = "acd/command"
+REPLY_TOPIC = "acd/reply"
+VERBS = ("list", "login", "logout", "pause", "resume", "reload")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class CommandError(ValueError):
+    """A malformed agent command (the reason goes back on the reply topic)."""
 
 
 def mask_number(number: str) -> str:
@@ -62,3 +98,132 @@ class AcdQueueGateway:
         await channel.set_variable("IVR_NEXT", "acd")
         await channel.set_variable("IVR_QUEUE", request.queue)
         return QueueOutcome("handed_off", detail="acd")
+
+
+def parse_command(payload: bytes) -> dict[str, str]:
+    """Validate one command message; raise CommandError naming what is wrong."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise CommandError("a command is a JSON object")
+    unknown = set(body) - {"id", "verb", "agent", "reason"}
+    if unknown:
+        raise CommandError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    for key, value in body.items():
+        if not isinstance(value, str):
+            raise CommandError(f"{key} must be a string")
+    if not _REQUEST_ID.match(body.get("id", "")):
+        raise CommandError("id must be 1-64 characters of letters, digits and _.-")
+    verb = body.get("verb", "")
+    if verb not in VERBS:
+        raise CommandError(f"verb must be one of {', '.join(VERBS)}, got {verb!r}")
+    if verb not in ("list", "reload") and not body.get("agent"):
+        raise CommandError(f"{verb} needs an agent")
+    if verb == "pause" and not body.get("reason"):
+        raise CommandError("pause needs a reason")
+    return body
+
+
+class AcdService:
+    """The ACD inside the daemon: router, AMI commands and events, MQTT agent commands."""
+
+    def __init__(
+        self,
+        roster_path: Path,
+        ami: AmiClient,
+        publisher: Publisher,
+        mqtt: MqttSettings | None,
+        *,
+        ring_timeout: float = 15.0,
+    ) -> None:
+        self.roster_path = roster_path
+        try:
+            roster = Roster.load(roster_path)
+        except AcdError as exc:  # start-up: a configuration error, exit 2 with the file named
+            raise ConfigError(str(exc), source="IVR_ACD_ROSTER") from None
+        self.router = Router(roster, AmiPbxCommands(ami), publisher, ring_timeout=ring_timeout)
+        self.bridge = AcdAmiBridge(ami, self.router)
+        self.gateway = AcdQueueGateway(self.router)
+        self._publisher = publisher
+        self._mqtt = mqtt
+        self._task: asyncio.Task[None] | None = None
+        self.commands_seen = 0
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[AcdService]:
+        async with self.router:
+            self.bridge.start()
+            if self._mqtt is not None:
+                self._task = asyncio.get_running_loop().create_task(
+                    self._commands(self._mqtt), name="acd-commands"
+                )
+            try:
+                yield self
+            finally:
+                self.bridge.close()
+                if self._task is not None:
+                    self._task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._task
+
+    def reload(self) -> None:
+        """Re-read the roster; a roster that does not load leaves the running one in force."""
+        self.router.load_roster(Roster.load(self.roster_path))
+        log.info("ACD roster reloaded: %d agents", len(self.router.roster.agents))
+
+    def execute(self, command: Mapping[str, str]) -> dict[str, Any]:
+        verb = command["verb"]
+        agent = command.get("agent", "")
+        if verb == "login":
+            self.router.login(agent)
+        elif verb == "logout":
+            self.router.logout(agent)
+        elif verb == "pause":
+            self.router.pause(agent, command["reason"])
+        elif verb == "resume":
+            self.router.resume(agent)
+        elif verb == "reload":
+            self.reload()
+        return {"ok": True, "agents": self.router.agents()}
+
+    async def handle_message(self, payload: bytes) -> None:
+        self.commands_seen += 1
+        request_id = ""
+        try:
+            with contextlib.suppress(Exception):
+                request_id = str(json.loads(payload).get("id", ""))
+            command = parse_command(payload)
+            reply = self.execute(command)
+        except (CommandError, AcdError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        if not _REQUEST_ID.match(request_id):
+            log.warning("ACD command without a usable id ignored: %s", reply.get("error", ""))
+            return
+        self._publisher.publish(f"{REPLY_TOPIC}/{request_id}", {"id": request_id, **reply})
+
+    async def _commands(self, settings: MqttSettings) -> None:
+        """A subscriber connection of its own (the notifier subscribes only at connect)."""
+        topic = "/".join((settings.topic_prefix.strip("/"), COMMAND_TOPIC))
+        delay = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    settings.host,
+                    settings.port,
+                    identifier=f"ivr-engine-acd-{id(self):x}",
+                    username=settings.username or None,
+                    password=settings.password or None,
+                    timeout=5,
+                ) as client:
+                    await client.subscribe(topic, qos=1)
+                    delay = 0.5
+                    async for message in client.messages:
+                        payload = message.payload
+                        if isinstance(payload, bytes):
+                            await self.handle_message(payload)
+            except aiomqtt.MqttError as exc:
+                log.warning("ACD commands: MQTT %s:%d: %s", settings.host, settings.port, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

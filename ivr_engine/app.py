@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -95,6 +96,7 @@ class Engine:
         self.catalogue: PromptCatalogue | None = None
         self.registry: FlowRegistry | None = None
         self._ami_task: asyncio.Task[None] | None = None
+        self.acd: Any = None  # ACD (issue 6): an AcdService when a roster is configured
 
     def path(self, value: str) -> Path:
         p = Path(value)
@@ -139,6 +141,21 @@ class Engine:
                         self._keep_connecting_ami(), name="ami-connect"
                     )
                     stack.push_async_callback(self._stop_ami_task)
+            # --- ACD (issue 6): ivr-engine routes queued calls itself when a roster is set.
+            # Until config.py has `acd.roster`, the environment variable IVR_ACD_ROSTER names
+            # it ("" = asterisk-conf/agents.yaml); unset = the dialplan's app_queue as before.
+            acd_roster = os.environ.get("IVR_ACD_ROSTER")
+            if acd_roster is not None and self.ami is not None:
+                from ivr_engine.acd_gateway import AcdService
+
+                acd = AcdService(
+                    self.path(acd_roster or "asterisk-conf/agents.yaml"),
+                    self.ami,
+                    self.notifier,
+                    s.mqtt if s.mqtt.enabled else None,
+                )
+                self.acd = await stack.enter_async_context(acd.running())
+            # --- end ACD
             if self._stop.is_set():
                 log.info("stopped during start-up")
                 return
@@ -240,7 +257,11 @@ class Engine:
             ctx = CallContext(call_id=call_id, record=record)
             services = Services(
                 sources=build_sources(self, ctx),
-                queue=RecordingQueueGateway(DialplanQueueGateway(), ctx, self.notifier),
+                queue=RecordingQueueGateway(
+                    self.acd.gateway if self.acd is not None else DialplanQueueGateway(),  # ACD
+                    ctx,
+                    self.notifier,
+                ),
                 audit=RecordAuditSink(self.audit, ctx),
                 observer=CallTrace(ctx, self.notifier),
             )
