@@ -155,6 +155,8 @@ class AcdService:
     async def running(self) -> AsyncIterator[AcdService]:
         async with self.router:
             self.bridge.start()
+            if self.bridge.ami_connected:  # connected before we subscribed: read state now
+                self.router.spawn(self.bridge.rebuild(), "acd-rebuild-contacts")
             if self._mqtt is not None:
                 self._task = asyncio.get_running_loop().create_task(
                     self._commands(self._mqtt), name="acd-commands"

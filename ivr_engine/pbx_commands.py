@@ -79,6 +79,10 @@ class AcdAmiBridge:
         ):
             self._unsubscribe.append(self._ami.subscribe(name, callback))
 
+    @property
+    def ami_connected(self) -> bool:
+        return bool(self._ami.connected)
+
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
