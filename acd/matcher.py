@@ -86,7 +86,7 @@ STRATEGY_CODE = {
 
 NO_ANSWER_REASON = "no-answer"
 MIN_COMPACT = 64  # a heap is compacted when it grows past max(this, 2 x its live size)
-INBOX_MIN = 256  # a slot's inbox is halved when it grows past max(this, 2 x its members)
+INBOX_MIN = 256  # a slot's inbox is compacted when it grows past max(this, 2 x live)
 
 Kind = tuple[int, tuple[str, ...]]
 
@@ -111,23 +111,33 @@ class _Slot:
     """A group of interchangeable-for-eligibility idle agents on one channel.
 
     Either one (skill, level bucket) or one multi-skill conjunction. Agents becoming idle are
-    appended to `inbox` as (index, version): one append per slot, whatever the number of
-    strategies. Each strategy's heap of the slot pulls the inbox when it is queried, pushing
-    only entries still live then, so an agent that is taken before a heap is asked never
-    costs that heap anything.
+    appended to `inbox` as (idle since, index, version): one append per slot, whatever the
+    number of strategies.
+
+    Longest-idle needs no heap: an announcement whose entry is greater than every entry
+    announced before it (in any slot: `Matcher._last_item`) keeps the inbox sorted, so the
+    inbox itself is the longest-idle queue. `head` skips stale entries (O(1) each, no heap
+    pop); an out-of-order announcement (an agent released after a miss or a withdrawal keeps
+    its older idle-since) is also pushed to the small `side` heap, and the best idle agent is
+    the smaller of the first live inbox entry and the side heap's head. Every entry before
+    `head` is stale, and a live out-of-order entry met at `head` is never smaller than the
+    side heap's head, so the answer is exact.
+
+    The other strategies' heaps (`heaps`) pull the inbox when they are queried, pushing only
+    entries still live then, so an agent taken before a heap is asked never costs it anything.
+    When the inbox grows past `limit` it is compacted to its live entries (order kept) and
+    those heaps refill from it when next asked (amortised O(1) per announcement).
     """
 
-    __slots__ = ("inbox", "base", "heaps", "limit", "members")
+    __slots__ = ("inbox", "head", "side", "heaps", "limit", "li")
 
     def __init__(self) -> None:
-        # (idle since, index, version): already the longest-idle heap entry.
         self.inbox: list[tuple[float, int, int]] = []
-        self.base = 0  # absolute position of inbox[0]
+        self.head = 0
+        self.side = _Heap()
         self.heaps: list[_KHeap] = []
         self.limit = INBOX_MIN
-        # Latest announced version per agent: a heap that fell behind the trimmed inbox is
-        # rebuilt from it (its live entries) when it is next asked.
-        self.members: dict[int, int] = {}
+        self.li = False  # a longest-idle (or ring-all) queue reaches this slot
 
 
 class _KHeap(_Heap):
@@ -138,7 +148,7 @@ class _KHeap(_Heap):
     def __init__(self, slot: _Slot, code: int, score_skills: tuple[str, ...]) -> None:
         super().__init__()
         self.slot = slot
-        self.cursor = 0  # absolute inbox position pulled so far
+        self.cursor = 0  # inbox position pulled so far
         self.code = code
         self.score_skills = score_skills
 
@@ -152,8 +162,9 @@ class _Req:
         self.requirement = requirement
         self.idx = idx
         self.calls: dict[str, _Heap] = {}
-        # (strategy kind, channel) -> the idle heaps whose union is exactly the eligible agents
-        self.views: dict[tuple[int, str], list[_KHeap]] = {}
+        # (strategy kind, channel) -> the slots (longest-idle) or strategy heaps (other kinds)
+        # whose union is exactly the eligible agents
+        self.views: dict[tuple[int, str], list[Any]] = {}
 
 
 class _Queue:
@@ -165,6 +176,7 @@ class _Queue:
         "kind_id",
         "waiting",
         "ring_all",
+        "li",
         "steps",
         "max_wait",
     )
@@ -177,6 +189,7 @@ class _Queue:
         self.kind_id = kind_id
         self.waiting = 0
         self.ring_all = spec.strategy is Strategy.RING_ALL
+        self.li = kind[0] == LI
         self.steps = tuple(step.after for step in spec.steps)
         self.max_wait = spec.max_wait
 
@@ -287,6 +300,8 @@ class Matcher:
         # agent that frees up looks only at non-empty heaps among those it is eligible for.
         self._call_heaps: list[_Heap] = []
         self._nonempty = 0
+        # The greatest idle entry announced so far: a greater one keeps every inbox sorted.
+        self._last_item: tuple[float, int, int] = (float("-inf"), -1, -1)
         self._call_seq = 0
         self._offer_seq = 0
 
@@ -314,10 +329,16 @@ class Matcher:
         kind_id = self._kind_ids.setdefault(kind, len(self._kind_ids))
         self._queues[spec.id] = _Queue(spec, reqs, kind, kind_id)
         self._rebuild_index()
+        free = []
         for ag in self._by_idx:
             self._index_agent(ag)
             if self._channels_free(ag):
-                self._push_idle(ag, None, self._channels_free(ag))
+                free.append(ag)
+        # Fresh slots: announce in longest-idle order so that the inboxes start sorted.
+        self._last_item = (float("-inf"), -1, -1)
+        free.sort(key=lambda a: (a.avail_since, a.idx))
+        for ag in free:
+            self._push_idle(ag, None, self._channels_free(ag))
 
     def _rebuild_index(self) -> None:
         """Index the conjunctions of every requirement in force.
@@ -400,38 +421,41 @@ class Matcher:
         if slot is None:
             slot = self._slots[key] = _Slot()
             for kind in kinds:
+                if kind[0] == LI:
+                    slot.li = True
+                    continue
                 heap = _KHeap(slot, kind[0], kind[1])
                 slot.heaps.append(heap)
                 self._idle_heaps[(*slot_key, kind, channel)] = heap
         return slot
 
-    def _idle_heap(self, key: tuple[Any, ...]) -> _KHeap:
-        heap = self._idle_heaps.get(key)
-        if heap is None:
-            # A kind no agent can be in (no agent holds the skill yet): an empty slot.
-            *slot_key, kind, channel = key
-            kinds = (
-                self._atom_kinds.get(slot_key[0], [kind])
-                if len(slot_key) == 2
-                else self._multi_kinds_by_id.get(slot_key[0], [kind])
-            )
-            self._slot(tuple(slot_key), kinds, channel)
-            heap = self._idle_heaps[key]
-        return heap
+    def _view_member(self, slot_key: tuple[Any, ...], kind: Kind, channel: str) -> Any:
+        """The slot (longest-idle) or the kind's heap in it; an empty slot if no agent is in."""
+        kinds = (
+            self._atom_kinds.get(slot_key[0], [kind])
+            if len(slot_key) == 2
+            else self._multi_kinds_by_id.get(slot_key[0], [kind])
+        )
+        slot = self._slot(slot_key, kinds, channel)
+        if kind[0] == LI:
+            if not slot.li:
+                raise InvariantViolation(f"slot {slot_key!r} on {channel} lacks longest-idle")
+            return slot
+        return self._idle_heaps[(*slot_key, kind, channel)]
 
-    def _view(self, req: _Req, kind: Kind, channel: str) -> list[_KHeap]:
-        """The idle heaps that together hold exactly the agents eligible for `req`."""
-        heaps: list[_KHeap] = []
+    def _view(self, req: _Req, kind: Kind, channel: str) -> list[Any]:
+        """The slots or heaps that together hold exactly the agents eligible for `req`."""
+        members: list[Any] = []
         for conj in req.requirement.conjunctions:
             if len(conj) == 1 and conj[0][1] >= 1:
                 skill, lo, hi = conj[0]
                 buckets = self._bucket_of[skill]
                 for bucket in range(buckets[lo], buckets[hi] + 1):
-                    heaps.append(self._idle_heap((skill, bucket, kind, channel)))
+                    members.append(self._view_member((skill, bucket), kind, channel))
             else:
-                heaps.append(self._idle_heap((self._conj_id[conj], kind, channel)))
-        req.views[(self._kind_ids[kind], channel)] = heaps
-        return heaps
+                members.append(self._view_member((self._conj_id[conj],), kind, channel))
+        req.views[(self._kind_ids[kind], channel)] = members
+        return members
 
     def _index_agent(self, ag: _Agent) -> None:
         """Find the requirements the agent satisfies and the idle heaps it belongs to."""
@@ -530,41 +554,47 @@ class Matcher:
             span = now - ag.login_time
             busy = ag.busy_time + (now - ag.busy_start if ag.total else 0.0)
             ag.occ = busy / span if span > 0 else 0.0
-        ver = vers[idx]
-        item = (ag.avail_since, idx, ver)
+        item = (ag.avail_since, idx, vers[idx])
+        slots = ag.slots
+        if item > self._last_item:  # the common case: inboxes stay sorted
+            self._last_item = item
+            for c in chans:
+                for slot in slots[c]:
+                    inbox = slot.inbox
+                    inbox.append(item)
+                    if len(inbox) > slot.limit:
+                        self._compact_slot(slot)
+            return
         for c in chans:
-            for slot in ag.slots[c]:
-                slot.members[idx] = ver
+            for slot in slots[c]:
                 inbox = slot.inbox
                 inbox.append(item)
+                if slot.li:
+                    side = slot.side
+                    heappush(side, item)
+                    if len(side) > side.limit:
+                        self._compact_agents(side)
                 if len(inbox) > slot.limit:
-                    self._trim(slot)
+                    self._compact_slot(slot)
+
+    def _compact_slot(self, slot: _Slot) -> None:
+        """Keep only the live inbox entries (in order); strategy heaps refill when next asked."""
+        vers = self._vers
+        inbox = slot.inbox
+        inbox[:] = [e for e in inbox[slot.head :] if vers[e[1]] == e[2]]
+        slot.head = 0
+        for heap in slot.heaps:
+            heap.clear()
+            heap.cursor = 0
+            heap.limit = MIN_COMPACT
+        slot.limit = max(INBOX_MIN, 2 * len(inbox))
 
     def _pull(self, heap: _KHeap) -> None:
         """Bring a strategy heap up to date with its slot's inbox (live entries only)."""
-        slot = heap.slot
-        inbox = slot.inbox
-        start = heap.cursor - slot.base
+        inbox = heap.slot.inbox
+        start = heap.cursor
         if start >= len(inbox):
             return
-        if start < 0:
-            self._rebuild(heap)
-            return
-        vers = self._vers
-        push = heappush
-        if heap.code == LI:
-            for i in range(start, len(inbox)):
-                item = inbox[i]
-                if vers[item[1]] == item[2]:
-                    push(heap, item)
-        else:
-            self._pull_keyed(heap, start)
-        heap.cursor = slot.base + len(inbox)
-        if len(heap) > heap.limit:
-            self._compact_agents(heap)
-
-    def _pull_keyed(self, heap: _KHeap, start: int) -> None:
-        inbox = heap.slot.inbox
         vers = self._vers
         agents = self._by_idx
         code = heap.code
@@ -586,35 +616,9 @@ class Matcher:
             else:
                 entry = (ag.last_offer, idx, ver)
             push(heap, entry)
-
-    def _trim(self, slot: _Slot) -> None:
-        """Drop the older half of the inbox; heaps that had not pulled it rebuild when asked."""
-        done = len(slot.inbox) // 2
-        del slot.inbox[:done]
-        slot.base += done
-        if len(slot.members) > 2 * slot.limit:
-            vers = self._vers
-            slot.members = {i: v for i, v in slot.members.items() if vers[i] == v}
-        slot.limit = max(INBOX_MIN, 2 * len(slot.members))
-
-    def _rebuild(self, heap: _KHeap) -> None:
-        """Refill a heap from the slot's live members (it missed part of the inbox)."""
-        slot = heap.slot
-        heap.clear()
-        heap.cursor = slot.base + len(slot.inbox)
-        vers = self._vers
-        agents = self._by_idx
-        live = [(agents[i].avail_since, i, v) for i, v in slot.members.items() if vers[i] == v]
-        # Reuse _pull's key logic by pulling from a temporary inbox.
-        saved_inbox, saved_base = slot.inbox, slot.base
-        slot.inbox, slot.base = live, 0
-        heap.cursor = 0
-        try:
-            self._pull(heap)
-        finally:
-            slot.inbox, slot.base = saved_inbox, saved_base
-            heap.cursor = saved_base + len(saved_inbox)
-        heapify(heap)
+        heap.cursor = len(inbox)
+        if len(heap) > heap.limit:
+            self._compact_agents(heap)
 
     def _agent_free(self, ag: _Agent, now: float, out: list[Decision]) -> None:
         """The agent may have room for work: give it the best waiting call, or queue it idle."""
@@ -685,37 +689,67 @@ class Matcher:
         out.append(Offer(call.id, ag.id, call.queue.id, call.channel))
 
     def _best_agents(self, call: _Call) -> list[_Agent]:
-        """Take the best idle eligible agent (ring-all: up to the limit) out of the heaps."""
+        """Take the best idle eligible agent (ring-all: up to the limit) out of the slots."""
         queue = call.queue
         req = call.req
-        heaps = req.views.get((queue.kind_id, call.channel))
-        if heaps is None:
-            heaps = self._view(req, queue.kind, call.channel)
+        members = req.views.get((queue.kind_id, call.channel))
+        if members is None:
+            members = self._view(req, queue.kind, call.channel)
         limit = queue.spec.ring_all_limit if queue.ring_all else 1
         found: list[_Agent] = []
         vers = self._vers
         pop = heappop
+        li = queue.li
         while len(found) < limit:
             best: tuple[Any, ...] | None = None
             best_heap: _Heap | None = None
-            for heap in heaps:
-                if heap.cursor - heap.slot.base < len(heap.slot.inbox):
-                    self._pull(heap)
-                if not heap:
-                    continue
-                entry = heap[0]
-                while vers[entry[-2]] != entry[-1]:
-                    pop(heap)
-                    if not heap:
-                        break
-                    entry = heap[0]
-                else:
-                    if best is None or entry < best:
+            if li:
+                for slot in members:
+                    inbox = slot.inbox
+                    h = slot.head
+                    n = len(inbox)
+                    entry = None
+                    while h < n:
+                        e = inbox[h]
+                        if vers[e[1]] == e[2]:
+                            entry = e
+                            break
+                        h += 1
+                    slot.head = h
+                    side = slot.side
+                    if side:
+                        s = side[0]
+                        while vers[s[1]] != s[2]:
+                            pop(side)
+                            if not side:
+                                break
+                            s = side[0]
+                        else:
+                            if entry is None or s < entry:
+                                entry = s
+                    if entry is not None and (best is None or entry < best):
                         best = entry
-                        best_heap = heap
-            if best is None or best_heap is None:
-                break
-            pop(best_heap)
+                if best is None:
+                    break
+            else:
+                for heap in members:
+                    if heap.cursor < len(heap.slot.inbox):
+                        self._pull(heap)
+                    if not heap:
+                        continue
+                    entry = heap[0]
+                    while vers[entry[-2]] != entry[-1]:
+                        pop(heap)
+                        if not heap:
+                            break
+                        entry = heap[0]
+                    else:
+                        if best is None or entry < best:
+                            best = entry
+                            best_heap = heap
+                if best is None or best_heap is None:
+                    break
+                pop(best_heap)
             idx = best[-2]
             found.append(self._by_idx[idx])
             vers[idx] += 1  # its entries elsewhere are stale from now on
@@ -1029,9 +1063,6 @@ class Matcher:
         for slot in self._slots.values():
             for heap in slot.heaps:
                 self._pull(heap)
-            done = len(slot.inbox)
-            del slot.inbox[:done]
-            slot.base += done
 
     # ------------------------------------------------------------------ queries
 
