@@ -9,19 +9,20 @@ timer requeues an offer whose Redirect was lost.
 Events: the dialplan's UserEvents (`AcdWaiting`, `AcdAnswered`, `AcdDialResult`, see
 [acd-wait]/[acd-connect] in asterisk-conf/extensions.conf), `Hangup` of a caller's channel,
 and `ContactStatus` of the agents' phones. After every (re)connect the registered contacts are
-read back with `PJSIPShowContacts`, so agent states after a daemon or PBX restart come from
+read back (`Getvar DEVICE_STATE(...)`), so agent states after a daemon or PBX restart come from
 the PBX, not from a guess.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from acd.errors import AcdError
 from acd.router import Router
 from ivr_engine.errors import AmiError
-from ivr_engine.protocol.ami import AmiEvent, ContactStatus, Hangup
+from ivr_engine.protocol.ami import AmiEvent, AmiResponse, ContactStatus, Hangup
 from ivr_engine.transport.ami import CONNECTED, AmiClient
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 #: ContactStatus values that mean the phone can take a call (res_pjsip, Asterisk 22).
 _UP = frozenset({"created", "reachable", "updated", "nonqualified", "avail"})
 _DOWN = frozenset({"removed", "unreachable", "unavail"})
+#: DEVICE_STATE() values of a phone that cannot take a call (no contact registered).
+_DEVICE_DOWN = frozenset({"", "UNAVAILABLE", "INVALID", "UNKNOWN"})
 
 
 class AmiPbxCommands:
@@ -92,28 +95,37 @@ class AcdAmiBridge:
         self._router.spawn(self.rebuild(), "acd-rebuild-contacts")
 
     async def rebuild(self) -> int:
-        """Read the registered contacts and log `login: auto` agents in; returns how many
-        contacts are up. Agents whose phone is not registered are logged out."""
+        """Ask the PBX which agent phones can take a call now and log `login: auto` agents in
+        (out when their phone is not there); returns how many are up.
+
+        `Getvar DEVICE_STATE(PJSIP/<ext>)` (class call, which the engine has): the contact
+        listing actions (PJSIPShowContacts) need `system` write, which no AMI user here gets,
+        and DeviceStateList needs res_manager_devicestate, which the lean modules.conf does
+        not load yet."""
+        entries = list(self._router.roster.agents.values())
+        gate = asyncio.Semaphore(8)
+
+        async def state_of(endpoint: str) -> str:
+            async with gate:
+                reply = await self._ami.action(
+                    {"Action": "Getvar", "Variable": f"DEVICE_STATE({endpoint})"}
+                )
+            if isinstance(reply, AmiResponse):
+                return reply.fields.get_str("Value").upper()
+            return ""
+
         try:
-            events = await self._ami.list_action({"Action": "PJSIPShowContacts"})
+            states = await asyncio.gather(*(state_of(e.endpoint) for e in entries))
         except AmiError as exc:
-            log.warning("ACD: cannot read the PJSIP contacts (%s); agents wait for events", exc)
+            log.warning("ACD: cannot read the agents' device states (%s); waiting for events", exc)
             return 0
-        up: set[str] = set()
-        for event in events:
-            if event.name != "ContactList":
-                continue
-            endpoint = event.fields.get("Endpoint", "") or event.fields.get("EndpointName", "")
-            if not endpoint:
-                endpoint = event.fields.get("Aor", "")
-            status = event.fields.get("Status", "").lower()
-            if endpoint and status in _UP:
-                up.add(endpoint)
-        for entry in list(self._router.roster.agents.values()):
-            name = entry.endpoint.split("/", 1)[1]
-            self._guard(self._router.contact_changed, name, name in up)
-        log.info("ACD: %d agent phone(s) registered at start", len(up))
-        return len(up)
+        up = 0
+        for entry, state in zip(entries, states, strict=True):
+            registered = state not in _DEVICE_DOWN
+            up += registered
+            self._guard(self._router.contact_changed, entry.endpoint, registered)
+        log.info("ACD: %d of %d agent phone(s) registered at start", up, len(entries))
+        return up
 
     def _on_contact(self, event: AmiEvent) -> None:
         if not isinstance(event, ContactStatus):
