@@ -36,6 +36,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,7 +130,12 @@ class Engine:
             self.audit = await AuditLog.open(self.path(s.store.audit_path))
             stack.push_async_callback(self.audit.close)
             if s.mqtt.enabled:
-                notifier = MqttNotifier(s.mqtt)
+                # One client id per process: MQTT brokers disconnect the older of two clients
+                # with the same id, so two daemons on one broker (a standby, a test run) with a
+                # fixed id would knock each other off every few seconds and lose events.
+                notifier = MqttNotifier(
+                    s.mqtt, client_id=f"ivr-engine-{socket.gethostname()}-{os.getpid()}"
+                )
                 await notifier.start()
                 stack.push_async_callback(notifier.close)
                 self.notifier = notifier
