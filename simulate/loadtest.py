@@ -206,8 +206,10 @@ class SpawnedDaemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise LoadTestError(f"the daemon exited with {self.proc.returncode}; "
-                                    f"see {self.workdir / 'daemon.out'} and {self.log}")
+                out_text = (self.workdir / "daemon.out").read_text(errors="replace")
+                last = out_text.strip().splitlines()[-1:] or ["(no output)"]
+                raise LoadTestError(f"the daemon exited with {self.proc.returncode}: {last[0]}"
+                                    f" (see {self.workdir / 'daemon.out'})")
             if self.log.exists() and "serving FastAGI" in self.log.read_text(errors="replace"):
                 return self.proc.pid
             time.sleep(0.1)
