@@ -222,15 +222,17 @@ async def test_wang_name_region_bill_before_any_menu_then_repayment(dev_pbx, dae
 
 
 async def test_shenzhen_landline_not_a_customer_gets_cantonese(dev_pbx, daemon):
-    # 0 (a person) while the region greeting plays: type-ahead reaches the main menu.
-    call = await hotline_call(dev_pbx, daemon, "075582345678", "p2,0")
+    # Hear the greeting and the Cantonese main menu to the end, then 0 (a person).
+    call = await hotline_call(dev_pbx, daemon, "075582345678", "w,0")
     assert_who(call, "075*****5678", False, "unknown", "Shenzhen, Guangdong", "yue")
     said = call.record["announcements"]
-    assert said[0] == "welcome" and "cantonese_welcome" in said[:3] or said[:2] == [
-        "welcome", "region_announce"], said
-    assert call.record["steps"][1]["node"] == "hotline/language"
+    assert said == ["welcome", "region_announce", "cantonese_welcome", "main_menu", "operator",
+                    "survey_invite"], said
     sets = {e["name"]: e["value"] for e in call.events("set")}
-    assert sets["call.lang"] == "yue"
+    assert sets["call.lang"] == "yue"  # chosen before the first word was said
+    assert call.nodes.index("hotline/language") < call.nodes.index("hotline/greet_region")
+    menu = call.record["steps"][call.nodes.index("hotline/main_menu")]
+    assert menu["inputs"]["keys"] == ["0 match"], menu
     assert_queued(call, "cantonese", 3, "cantonese and any", "yue")
     assert call.channel_vars["IVR_DATA_TIER"] == "unknown"
     assert call.channel_vars["IVR_DATA_CUSTOMER"] == ""
