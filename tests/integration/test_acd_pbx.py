@@ -26,14 +26,16 @@ from tests.support.mqtt_broker import PrivateBroker
 
 pytestmark = [pytest.mark.pbx, pytest.mark.sip, pytest.mark.mqtt, pytest.mark.slow]
 
-CHEN = "13926000001"  # VIP, bound: the green channel straight to the vip queue, no keys
+# VIP, bound, Cantonese: the green channel straight to the vip queue with "cantonese and
+# private_banking", no keys
+CHEN = "13926000001"
 ROSTER = """
 queues:
   vip: {wrapup: 1}
 agents:
-  "1001": {skills: {private_banking: 8, mandarin: 9}}
+  "1001": {skills: {private_banking: 8, cantonese: 7}}
   "1002": {skills: {private_banking: 6, mandarin: 8}}
-  "1007": {skills: {mandarin: 9, cards: 6}}
+  "1007": {skills: {cantonese: 9, cards: 6}}
 """
 
 
@@ -176,7 +178,7 @@ async def test_vip_reaches_the_skilled_agent_and_the_screen_pop_comes_first(
         return {"connected": connected}
 
     async with capture(broker.port) as mqtt:
-        # 1007 speaks Mandarin but has no private_banking: it must never ring.
+        # 1007 speaks Cantonese but has no private_banking: it must never ring.
         result = await asyncio.to_thread(
             run_scenario, dev_pbx.sip_port, daemon, {"1007": 0.2, "1001": 0.3}, body
         )
@@ -187,7 +189,7 @@ async def test_vip_reaches_the_skilled_agent_and_the_screen_pop_comes_first(
     pops = mqtt.of("agent/1001/screenpop")
     assert len(pops) == 1, mqtt.messages
     pop_at, pop = pops[0]
-    assert pop["queue"] == "vip" and pop["priority"] == 0 and pop["language"] == "cmn"
+    assert pop["queue"] == "vip" and pop["priority"] == 0 and pop["language"] == "yue"
     assert pop["data"]["tier"] == "vip" and pop["data"]["caller"].endswith("0001")
     assert CHEN not in json.dumps(pop)  # masked
     # The pop reached an MQTT subscriber before the agent's phone rang.

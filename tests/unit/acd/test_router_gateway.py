@@ -1,0 +1,138 @@
+"""The flows' ACD gateway and the agent command channel (no PBX, no broker)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from acd.roster import Roster
+from acd.router import Router
+from ivr_engine.acd_gateway import (
+    AcdQueueGateway,
+    AcdService,
+    CommandError,
+    mask_number,
+    parse_command,
+)
+from ivr_engine.config import AmiSettings
+from ivr_engine.errors import ConfigError
+from ivr_engine.flow.channel import CallerInfo
+from ivr_engine.flow.services import QueueRequest
+from ivr_engine.transport.ami import AmiClient
+from tests.unit.acd.test_router import FakePbx, FakePublisher
+
+ROSTER = 'agents: {"1001": {skills: {private_banking: 8, cantonese: 7}}}'
+
+
+class Channel:
+    def __init__(self, number: str = "13926000001") -> None:
+        self.vars: dict[str, str] = {}
+        self._caller = CallerInfo(number)
+
+    @property
+    def caller(self) -> CallerInfo:
+        return self._caller
+
+    async def set_variable(self, name: str, value: str) -> None:
+        self.vars[name] = value
+
+
+def request(skills: str = "cantonese and private_banking") -> QueueRequest:
+    return QueueRequest("c1", "vip", skills, 10, "yue", {"tier": "vip"}, 600.0)
+
+
+async def test_gateway_registers_the_call_and_hands_it_to_the_acd_context() -> None:
+    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
+    async with router:
+        channel = Channel()
+        outcome = await AcdQueueGateway(router).enqueue(channel, request())  # type: ignore[arg-type]
+        assert outcome.kind == "handed_off" and outcome.detail == "acd"
+        assert channel.vars == {"IVR_NEXT": "acd", "IVR_QUEUE": "vip"}
+        call = router.calls["c1"]
+        assert call.priority == 0 and call.requirement == "cantonese and private_banking"
+        assert call.screen_pop == {"tier": "vip", "caller": "*******0001"}
+
+
+async def test_gateway_falls_back_to_app_queue_when_the_acd_refuses() -> None:
+    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
+    async with router:
+        channel = Channel()
+        outcome = await AcdQueueGateway(router).enqueue(channel, request("cantonese and and"))  # type: ignore[arg-type]
+        assert outcome.kind == "handed_off"
+        assert channel.vars["IVR_NEXT"] == "queue" and "c1" not in router.calls
+
+
+def test_mask_number() -> None:
+    assert mask_number("13926000001") == "*******0001"
+    assert mask_number("110") == "***"
+    assert mask_number("") == ""
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"{", "not JSON"),
+        (b"[]", "JSON object"),
+        (b'{"id": "a", "verb": "dance"}', "verb must be one of"),
+        (b'{"id": "a", "verb": "login"}', "needs an agent"),
+        (b'{"id": "a", "verb": "pause", "agent": "1001"}', "needs a reason"),
+        (b'{"id": "a b", "verb": "list"}', "id must be"),
+        (b'{"id": "a", "verb": "list", "x": "1"}', "unknown field"),
+        (b'{"id": "a", "verb": "login", "agent": 1001}', "agent must be a string"),
+    ],
+)
+def test_malformed_commands_are_refused_with_a_reason(payload: bytes, error: str) -> None:
+    with pytest.raises(CommandError, match=error):
+        parse_command(payload)
+
+
+def test_valid_command() -> None:
+    body = {"id": "cli-1", "verb": "pause", "agent": "1001", "reason": "break"}
+    assert parse_command(json.dumps(body).encode()) == body
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.out: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, topic: str, payload: Mapping[str, Any], *, retain: bool = False) -> None:
+        self.out.append((topic, dict(payload)))
+
+
+async def test_service_answers_commands_on_the_reply_topic(tmp_path: Path) -> None:
+    roster = tmp_path / "agents.yaml"
+    roster.write_text(ROSTER)
+    pub = Recorder()
+    service = AcdService(roster, AmiClient(AmiSettings()), pub, None)
+    async with service.running():
+        await service.handle_message(b'{"id": "r1", "verb": "login", "agent": "1001"}')
+        await service.handle_message(
+            b'{"id": "r2", "verb": "pause", "agent": "1001", "reason": "break"}'
+        )
+        await service.handle_message(b'{"id": "r3", "verb": "resume", "agent": "4242"}')
+        await service.handle_message(b'{"id": "r4", "verb": "pause", "agent": "1001"}')
+        await service.handle_message(b"not json")  # no id to answer: logged only
+        roster.write_text('agents: {"1001": {skills: {risk: 2}}, "1002": {}}')
+        await service.handle_message(b'{"id": "r5", "verb": "reload"}')
+    replies = {t: p for t, p in pub.out if t.startswith("acd/reply/")}
+    assert (
+        replies["acd/reply/r1"]["ok"] and replies["acd/reply/r1"]["agents"][0]["state"] == "ready"
+    )
+    assert replies["acd/reply/r2"]["agents"][0]["state"] == "paused"
+    assert replies["acd/reply/r2"]["agents"][0]["reason"] == "break"
+    assert not replies["acd/reply/r3"]["ok"] and "4242" in replies["acd/reply/r3"]["error"]
+    assert replies["acd/reply/r4"] == {"id": "r4", "ok": False, "error": "pause needs a reason"}
+    assert [a["agent"] for a in replies["acd/reply/r5"]["agents"]] == ["1001", "1002"]
+    assert replies["acd/reply/r5"]["agents"][0]["skills"] == {"risk": 2}
+    assert len(replies) == 5
+
+
+def test_a_bad_roster_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    roster = tmp_path / "agents.yaml"
+    roster.write_text('agents: {"1001": {skills: {cards: 0}}}')
+    with pytest.raises(ConfigError, match=r"agents\.yaml: agents\.1001"):
+        AcdService(roster, AmiClient(AmiSettings()), Recorder(), None)
