@@ -208,6 +208,9 @@ class Router:
         self._registered: set[str] = set()  # agents whose phone is registered
         self._deferred: dict[str, Callable[[], None]] = {}  # agent -> change to apply later
         self._tasks: set[asyncio.Task[None]] = set()
+        self._registrations: deque[tuple[float, str]] = deque()
+        #: Seconds a described call may take to reach [acd-wait] before it is forgotten.
+        self.unclaimed_after = 120.0
         self._task_seq = 0
         self.latency = LatencyLog()
         self.offers = 0
@@ -279,7 +282,18 @@ class Router:
         )
         call.matcher_queue = self._matcher_queue(queue, requirement)
         self.calls[call_id] = call
+        self._forget_unclaimed(call.registered_at)
+        self._registrations.append((call.registered_at, call_id))
         return call
+
+    def _forget_unclaimed(self, now: float) -> None:
+        """Calls described by a flow whose caller hung up before reaching [acd-wait] never
+        send AcdWaiting (nor a Hangup we can match: the channel is learnt there)."""
+        while self._registrations and self._registrations[0][0] < now - self.unclaimed_after:
+            _, call_id = self._registrations.popleft()
+            call = self.calls.get(call_id)
+            if call is not None and call.state == "registered":
+                del self.calls[call_id]
 
     def _matcher_queue(self, queue: str, requirement: str) -> str:
         """One matcher queue per (flow queue, requirement): the flow sets the call's skills,

@@ -240,3 +240,13 @@ def test_priority_mapping_and_roster_errors_name_the_key() -> None:
         Roster.parse("agents: [")
     with pytest.raises(RosterError, match="also agent"):
         Roster.parse('agents: {"1001": {endpoint: PJSIP/x}, "1002": {endpoint: PJSIP/x}}')
+
+
+async def test_calls_that_never_reach_the_wait_context_are_forgotten() -> None:
+    router, _, _ = make()
+    async with router:
+        router.unclaimed_after = 0.05
+        register(router, "c1")
+        await asyncio.sleep(0.1)
+        register(router, "c2")
+        assert "c1" not in router.calls and "c2" in router.calls
