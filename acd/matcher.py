@@ -61,6 +61,7 @@ from acd.model import (
 from acd.requirement import MAX_LEVEL, Conjunction, Requirement
 
 log = logging.getLogger(__name__)
+_new = tuple.__new__
 
 READY = AgentState.READY
 RESERVED = AgentState.RESERVED
@@ -98,13 +99,13 @@ class _Heap(list[Any]):
     millions of heap entries then cost the cyclic collector nothing.
     """
 
-    __slots__ = ("limit", "live", "bit")
+    __slots__ = ("limit", "live", "number")
 
     def __init__(self, slot: int = -1) -> None:
         super().__init__()
         self.limit = MIN_COMPACT
         self.live = 0  # call heaps: how many entries are live
-        self.bit = 1 << slot if slot >= 0 else 0  # call heaps: bit in Matcher._nonempty
+        self.number = slot  # call heaps: position in Matcher._call_heaps
 
 
 class _Slot:
@@ -199,7 +200,7 @@ class _Agent:
         "id", "idx", "spec", "skills", "capacity", "channels", "shared", "load", "total",
         "state", "reason", "offer", "avail_since", "busy_time", "busy_start",
         "login_time", "handled", "last_offer", "misses", "wrap_epoch", "reqs", "occ",
-        "slots", "call_masks",
+        "slots", "call_heaps",
     )  # fmt: skip
 
     def __init__(self, spec: AgentSpec, idx: int):
@@ -229,7 +230,8 @@ class _Agent:
         self.total = 0
         self.reqs: list[_Req] = []
         self.slots: dict[str, list[_Slot]] = {}
-        self.call_masks: dict[str, int] = {}
+        # channel -> the call heaps of the requirements the agent satisfies
+        self.call_heaps: dict[str, list[_Heap]] = {}
 
 
 class _Call:
@@ -296,8 +298,8 @@ class Matcher:
         self._by_seq: dict[int, _Call] = {}
         # Waiting calls: sequence -> the one live heap entry (checked by identity).
         self._live: dict[int, tuple[int, float, int]] = {}
-        # Call heaps by slot, and a bitmask of the slots that hold at least one live call: an
-        # agent that frees up looks only at non-empty heaps among those it is eligible for.
+        # Call heaps, and how many hold at least one live call (none: an agent that frees up
+        # goes idle without looking; else it looks at the non-empty heaps it is eligible for).
         self._call_heaps: list[_Heap] = []
         self._nonempty = 0
         # The greatest idle entry announced so far: a greater one keeps every inbox sorted.
@@ -458,46 +460,43 @@ class Matcher:
         return members
 
     def _index_agent(self, ag: _Agent) -> None:
-        """Find the requirements the agent satisfies and the idle heaps it belongs to."""
+        """Find the requirements the agent satisfies and the idle slots it belongs to."""
         skills = ag.skills
         channels = ag.channels
         found: dict[int, _Req] = {}
-        slots: dict[str, list[_Slot]] = {c: [] for c in channels}
-
-        def join(slot_key: tuple[Any, ...], kinds: list[Kind]) -> None:
-            for c in channels:
-                slots[c].append(self._slot(slot_key, kinds, c))
-
+        joined: list[tuple[tuple[Any, ...], list[Kind]]] = []
         bucket_of = self._bucket_of
+        atom_reqs = self._atom_reqs
+        atom_kinds = self._atom_kinds
         for skill, level in skills.items():
             buckets = bucket_of.get(skill)
             if buckets is None or buckets[level] < 0:
                 continue
-            slot = (skill, buckets[level])
-            for req in self._atom_reqs.get(slot, ()):
+            slot_key = (skill, buckets[level])
+            for req in atom_reqs.get(slot_key, ()):
                 found[req.idx] = req
-            join(slot, self._atom_kinds[skill])
+            joined.append((slot_key, atom_kinds[skill]))
         candidates: list[Conjunction] = list(self._multi_free)
+        multi_by_skill = self._multi_by_skill
         for skill in skills:
-            more = self._multi_by_skill.get(skill)
+            more = multi_by_skill.get(skill)
             if more:
                 candidates.extend(more)
+        multi_reqs = self._multi_reqs
         for conj in candidates:
             for s, lo, hi in conj:
                 level = skills.get(s, 0)
                 if level < lo or level > hi:
                     break
             else:
-                for req in self._multi_reqs[conj]:
+                for req in multi_reqs[conj]:
                     found[req.idx] = req
-                join((self._conj_id[conj],), self._multi_kinds[conj])
+                joined.append(((self._conj_id[conj],), self._multi_kinds[conj]))
         ag.reqs = [found[i] for i in sorted(found)]
-        masks = dict.fromkeys(channels, 0)
-        for req in ag.reqs:
-            for c in channels:
-                masks[c] |= self._call_heap(req, c).bit
-        ag.slots = slots
-        ag.call_masks = masks
+        slot = self._slot
+        call_heap = self._call_heap
+        ag.slots = {c: [slot(key, kinds, c) for key, kinds in joined] for c in channels}
+        ag.call_heaps = {c: [call_heap(req, c) for req in ag.reqs] for c in channels}
 
     def _call_heap(self, req: _Req, channel: str) -> _Heap:
         heap = req.calls.get(channel)
@@ -625,20 +624,16 @@ class Matcher:
         chans = self._channels_free(ag)
         if not chans:
             return
-        nonempty = self._nonempty
-        if nonempty:
+        if self._nonempty:
             best: tuple[int, float, int] | None = None
             best_heap: _Heap | None = None
             live = self._live.get
             pop = heappop
-            heaps = self._call_heaps
-            masks = ag.call_masks
+            call_heaps = ag.call_heaps
             for c in chans:
-                bits = masks[c] & nonempty
-                while bits:
-                    low = bits & -bits
-                    bits ^= low
-                    heap = heaps[low.bit_length() - 1]
+                for heap in call_heaps[c]:
+                    if not heap.live:
+                        continue
                     entry: tuple[int, float, int] = heap[0]
                     while live(entry[2]) is not entry:  # a live entry exists: heap.live > 0
                         pop(heap)
@@ -662,7 +657,7 @@ class Matcher:
             raise InvariantViolation(f"waiting call {call.id} is in no heap")
         heap.live -= 1
         if not heap.live:
-            self._nonempty &= ~heap.bit
+            self._nonempty -= 1
         call.heap = None
         call.queue.waiting -= 1
 
@@ -673,8 +668,9 @@ class Matcher:
         heappush(heap, entry)
         if len(heap) > heap.limit:
             self._compact_calls(heap)
+        if not heap.live:
+            self._nonempty += 1
         heap.live += 1
-        self._nonempty |= heap.bit
         call.heap = heap
         call.state = WAITING
         call.queue.waiting += 1
@@ -686,7 +682,8 @@ class Matcher:
         ag.last_offer = self._offer_seq
         call.state = OFFERED
         call.agents.append(ag)
-        out.append(Offer(call.id, ag.id, call.queue.id, call.channel))
+        # tuple.__new__ skips the named tuple's Python-level __new__ (same object).
+        out.append(_new(Offer, (call.id, ag.id, call.queue.id, call.channel)))
 
     def _best_agents(self, call: _Call) -> list[_Agent]:
         """Take the best idle eligible agent (ring-all: up to the limit) out of the slots."""
@@ -1109,7 +1106,7 @@ class Matcher:
                 live = [e for e in heap if self._live.get(call.seq) is e]
                 if len(live) != 1:
                     raise InvariantViolation(f"waiting call {call.id} has {len(live)} live entries")
-                live_per_heap[heap.bit] = live_per_heap.get(heap.bit, 0) + 1
+                live_per_heap[heap.number] = live_per_heap.get(heap.number, 0) + 1
             elif call.state == OFFERED:
                 if not call.agents:
                     raise InvariantViolation(f"call {call.id} offered to nobody")
@@ -1122,9 +1119,11 @@ class Matcher:
             else:
                 raise InvariantViolation(f"call {call.id} held in state {call.state}")
         for heap in self._call_heaps:
-            n = live_per_heap.get(heap.bit, 0)
-            if heap.live != n or bool(self._nonempty & heap.bit) != bool(n):
-                raise InvariantViolation(f"call heap {heap.bit.bit_length() - 1}: live count wrong")
+            n = live_per_heap.get(heap.number, 0)
+            if heap.live != n:
+                raise InvariantViolation(f"call heap {heap.number}: live count wrong")
+        if self._nonempty != sum(1 for heap in self._call_heaps if heap.live):
+            raise InvariantViolation(f"non-empty call heaps: {self._nonempty} is wrong")
         if len(self._live) != sum(live_per_heap.values()):
             raise InvariantViolation("live entries for calls that are not waiting")
         for qid, n in counts.items():
