@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
 from simulate.script import parse, run
 from simulate.sip import SimTimeout, SipStack
+
+
+@contextlib.contextmanager
+def sip_stack() -> Iterator[SipStack]:
+    """`with SipStack()`, plus: the pjsua2 Endpoint is freed on the way out even when a
+    failing test's traceback keeps the stack alive. pjsua2 allows one Endpoint per process and
+    aborts the process (not a Python error) when a second is created, so one failed test
+    would otherwise take every later SIP test of the session down with it."""
+    stack = SipStack()
+    try:
+        with stack:
+            yield stack
+    finally:
+        stack.ep = None
+        gc.collect()
 
 
 @dataclass
@@ -26,7 +44,7 @@ def call_hotline(
 ) -> CallResult:
     """One caller: dial 4008, run the DTMF script, hang up if the PBX has not (own SipStack)."""
     t0 = time.monotonic()
-    with SipStack() as stack:
+    with sip_stack() as stack:
         call = stack.caller(number).call(f"sip:4008@127.0.0.1:{sip_port}")
         call.wait_connected(15)
         steps = run(call, parse(script), prompt_timeout=60)

@@ -15,9 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from simulate.sip import SipStack
 from tests.faults.audio import dead_air_around
-from tests.faults.support import call_hotline
+from tests.faults.support import call_hotline, sip_stack
 
 pytestmark = [pytest.mark.pbx, pytest.mark.sip, pytest.mark.slow]
 
@@ -30,7 +29,7 @@ def _calls_killed(sip_port: int, kill: Callable[[], None]) -> dict:
     """Two callers in the IVR, operators 1009/1010 registered; `kill` is called once both
     have heard 2 s of the IVR's prompts."""
     target = f"sip:4008@127.0.0.1:{sip_port}"
-    with SipStack() as stack:
+    with sip_stack() as stack:
         ops = [
             stack.agent(u, f"agent-{u}-dev", registrar=f"sip:127.0.0.1:{sip_port}",
                         auto_answer_after=0.3)
