@@ -293,6 +293,9 @@ class Matcher:
         self._agents: dict[str, _Agent] = {}
         self._by_idx: list[_Agent] = []
         # Version of each agent (by index): an idle entry is live iff its version is current.
+        # Entries hold the very int object read from this list, and a version only grows
+        # (every change stores a new, greater int), so liveness is an identity test: it reads
+        # the list slot without touching the int objects.
         self._vers: list[int] = []
         self._calls: dict[str, _Call] = {}
         self._by_seq: dict[int, _Call] = {}
@@ -580,7 +583,7 @@ class Matcher:
         """Keep only the live inbox entries (in order); strategy heaps refill when next asked."""
         vers = self._vers
         inbox = slot.inbox
-        inbox[:] = [e for e in inbox[slot.head :] if vers[e[1]] == e[2]]
+        inbox[:] = [e for e in inbox[slot.head :] if vers[e[1]] is e[2]]
         slot.head = 0
         for heap in slot.heaps:
             heap.clear()
@@ -600,7 +603,7 @@ class Matcher:
         push = heappush
         for i in range(start, len(inbox)):
             _avail, idx, ver = inbox[i]
-            if vers[idx] != ver:
+            if vers[idx] is not ver:
                 continue
             ag = agents[idx]
             if code == HP:
@@ -627,22 +630,15 @@ class Matcher:
         if self._nonempty:
             best: tuple[int, float, int] | None = None
             best_heap: _Heap | None = None
-            live = self._live.get
-            pop = heappop
             call_heaps = ag.call_heaps
             for c in chans:
                 for heap in call_heaps[c]:
-                    if not heap.live:
-                        continue
-                    entry: tuple[int, float, int] = heap[0]
-                    while live(entry[2]) is not entry:  # a live entry exists: heap.live > 0
-                        pop(heap)
-                        entry = heap[0]
-                    if best is None or entry < best:
-                        best = entry
+                    # The head of a heap holding live calls is live (_dequeue keeps it so).
+                    if heap.live and (best is None or heap[0] < best):
+                        best = heap[0]
                         best_heap = heap
             if best is not None and best_heap is not None:
-                pop(best_heap)
+                heappop(best_heap)
                 call = self._by_seq[best[2]]
                 self._dequeue(call)
                 self._offer(call, ag, out)
@@ -651,15 +647,27 @@ class Matcher:
 
     def _dequeue(self, call: _Call) -> None:
         """A waiting call stops waiting (its heap entry becomes stale)."""
-        del self._live[call.seq]
+        live = self._live
+        del live[call.seq]
         heap = call.heap
         if heap is None:
             raise InvariantViolation(f"waiting call {call.id} is in no heap")
         heap.live -= 1
-        if not heap.live:
+        if heap.live:
+            self._clean_head(heap)
+        else:
+            heap.clear()  # every entry left is stale
             self._nonempty -= 1
         call.heap = None
         call.queue.waiting -= 1
+
+    def _clean_head(self, heap: _Heap) -> None:
+        """Pop stale heads: a call heap's head is always live, so agents need not check it."""
+        live = self._live
+        entry = heap[0]
+        while live.get(entry[2]) is not entry:
+            heappop(heap)
+            entry = heap[0]  # heap.live > 0: a live entry remains
 
     def _enqueue(self, call: _Call) -> None:
         heap = self._call_heap(call.req, call.channel)
@@ -708,7 +716,7 @@ class Matcher:
                     entry = None
                     while h < n:
                         e = inbox[h]
-                        if vers[e[1]] == e[2]:
+                        if vers[e[1]] is e[2]:
                             entry = e
                             break
                         h += 1
@@ -716,7 +724,7 @@ class Matcher:
                     side = slot.side
                     if side:
                         s = side[0]
-                        while vers[s[1]] != s[2]:
+                        while vers[s[1]] is not s[2]:
                             pop(side)
                             if not side:
                                 break
@@ -735,7 +743,7 @@ class Matcher:
                     if not heap:
                         continue
                     entry = heap[0]
-                    while vers[entry[-2]] != entry[-1]:
+                    while vers[entry[-2]] is not entry[-1]:
                         pop(heap)
                         if not heap:
                             break
@@ -1010,6 +1018,7 @@ class Matcher:
             heappush(heap, entry)
             if len(heap) > heap.limit:
                 self._compact_calls(heap)
+            self._clean_head(heap)  # the old entry may have been the head
         return []
 
     def timer_fired(self, key: TimerKey, now: float) -> list[Decision]:
@@ -1041,7 +1050,7 @@ class Matcher:
     def _compact_agents(self, heap: _Heap) -> None:
         """Drop stale idle entries and restore the heap property (amortised O(1) per push)."""
         vers = self._vers
-        heap[:] = [e for e in heap if vers[e[-2]] == e[-1]]
+        heap[:] = [e for e in heap if vers[e[-2]] is e[-1]]
         heapify(heap)
         heap.limit = max(MIN_COMPACT, 2 * len(heap))
 
@@ -1122,6 +1131,8 @@ class Matcher:
             n = live_per_heap.get(heap.number, 0)
             if heap.live != n:
                 raise InvariantViolation(f"call heap {heap.number}: live count wrong")
+            if n and self._live.get(heap[0][2]) is not heap[0]:
+                raise InvariantViolation(f"call heap {heap.number}: stale head")
         if self._nonempty != sum(1 for heap in self._call_heaps if heap.live):
             raise InvariantViolation(f"non-empty call heaps: {self._nonempty} is wrong")
         if len(self._live) != sum(live_per_heap.values()):
