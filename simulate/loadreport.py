@@ -31,15 +31,17 @@ def markdown(steps: Sequence[StepResult], *, command: str, context: dict[str, An
     for key, value in context.items():
         lines.append(f"- {key}: {value}")
     lines += ["", "| rate offered (calls/s) | measured | dispersion | offered | answered | failed "
-              "| answer p50/p99 ms | AGI think p50/p99 ms | peak in system | daemon CPU % "
-              "| daemon RSS start/peak MB | RSS per call KB |",
+              "| answer p50/p99 ms | AGI think p50/p99 ms | peak in system "
+              "| CPU % daemon / Asterisk / machine | daemon RSS start/peak MB | RSS per call KB |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         lines.append(
             f"| {s.plan.rate:g} | {s.arrival_rate:.1f} | {s.dispersion:.2f} | {s.offered} "
             f"| {s.answered} | **{s.failed}** | {_fmt(s.answer_ms_p50, '.0f')} / "
             f"{_fmt(s.answer_ms_p99, '.0f')} | {_fmt(s.agi_think_ms_p50, '.0f')} / "
-            f"{_fmt(s.agi_think_ms_p99, '.0f')} | {s.peak_in_system} | {_fmt(s.cpu_percent)} "
+            f"{_fmt(s.agi_think_ms_p99, '.0f')} | {s.peak_in_system} "
+            f"| {_fmt(s.cpu_percent, '.0f')} / "
+            f"{_fmt(s.asterisk_cpu_percent, '.0f')} / {_fmt(s.machine_cpu_percent, '.0f')} "
             f"| {_fmt(s.rss_start and s.rss_start / 1e6)} / {_fmt(s.rss_peak and s.rss_peak / 1e6)}"
             f" | {_fmt(s.bytes_per_call and s.bytes_per_call / 1024)} |"
         )

@@ -455,6 +455,8 @@ class StepResult:
     agi_round_trip_ms: dict[str, dict[str, float | None]]
     peak_in_system: int
     cpu_percent: float | None  # daemon CPU over the run, % of one core
+    asterisk_cpu_percent: float | None  # Asterisk's CPU over the run, % of one core
+    machine_cpu_percent: float | None  # all CPUs busy (/proc/stat), % of the machine
     rss_start: int | None
     rss_peak: int | None
     bytes_per_call: float | None  # (peak RSS - RSS before) / peak calls in system
@@ -490,8 +492,25 @@ def in_system(calls: Sequence[CallTimes], at: Sequence[float]) -> list[int]:
     return [bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t) for t in at]
 
 
+def _cpu_percent(samples: Sequence[ProcSample]) -> float | None:
+    if len(samples) < 2 or samples[-1].t <= samples[0].t:
+        return None
+    return 100 * (samples[-1].cpu - samples[0].cpu) / (samples[-1].t - samples[0].t)
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return float(sum(values) - idle), float(sum(values))
+
+
 def summarise(plan: Plan, sipp: SippRun, procs: Sequence[ProcSample], dlog: DaemonLog | None,
-              fallbacks: int, *, sl_threshold: float = 1.0) -> StepResult:
+              fallbacks: int, *, sl_threshold: float = 1.0,
+              asterisk: Sequence[ProcSample] = (),
+              machine: tuple[tuple[float, float], tuple[float, float]] | None = None,
+              ) -> StepResult:
     calls = sipp.calls
     answered = [c for c in calls if c.answered is not None]
     completed = [c for c in calls if c.ended is not None]
@@ -569,6 +588,10 @@ def summarise(plan: Plan, sipp: SippRun, procs: Sequence[ProcSample], dlog: Daem
         answer_ms_p50=pct(answer_ms, 50), answer_ms_p99=pct(answer_ms, 99),
         agi_think_ms_p50=think_p50, agi_think_ms_p99=think_p99, agi_round_trip_ms=round_trip,
         peak_in_system=max(system, default=0), cpu_percent=cpu_percent,
+        asterisk_cpu_percent=_cpu_percent(asterisk),
+        machine_cpu_percent=(100 * (machine[1][0] - machine[0][0])
+                             / (machine[1][1] - machine[0][1])
+                             if machine and machine[1][1] > machine[0][1] else None),
         rss_start=rss_start, rss_peak=rss_peak, bytes_per_call=bytes_per_call,
         sipp_seconds=sipp.seconds, sipp_failures=failures,
         errors=([sipp.errors] if failed_sipp and sipp.errors else [])
@@ -590,20 +613,28 @@ async def run_step(pbx: Any, plan: Plan, rows: Sequence[str], *, daemon_pid: int
     """One rate: SIPp runs while /proc of the daemon is sampled; then everything is read."""
     plan.check()
     procs: list[ProcSample] = []
+    ast: list[ProcSample] = []
+    ast_pid = pbx.status().pid
     log_start = _size(daemon_log)
     mark = pbx.mark()
     t0 = time.time()
     async with asyncio.TaskGroup() as tg:
-        sampler = tg.create_task(sample_proc(daemon_pid, procs), name="loadtest-proc-sampler")
+        samplers = [tg.create_task(sample_proc(daemon_pid, procs), name="loadtest-daemon-proc")]
+        if ast_pid:
+            samplers.append(tg.create_task(sample_proc(ast_pid, ast), name="loadtest-pbx-proc"))
+        m0 = machine_busy()
         try:
             sipp = await run_sipp(pbx, plan, rows, target=target)
+            m1 = machine_busy()
             await asyncio.sleep(settle)  # the daemon finishes the last calls' records
         finally:
-            sampler.cancel()
+            for sampler in samplers:
+                sampler.cancel()
     fallbacks = sum(1 for line in pbx.lines_since(mark) if "ivr-fallback" in line)
     dlog = None
     if daemon_log is not None and _size(daemon_log):
         dlog = await asyncio.to_thread(
             parse_daemon_log, read_lines(daemon_log, log_start), t0 - 1, time.time() + 1
         )
-    return summarise(plan, sipp, procs, dlog, fallbacks, sl_threshold=sl_threshold)
+    return summarise(plan, sipp, procs, dlog, fallbacks, sl_threshold=sl_threshold,
+                     asterisk=ast, machine=(m0, m1))

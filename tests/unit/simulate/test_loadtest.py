@@ -120,11 +120,11 @@ def test_summarise_counts_every_kind_of_failure():
                    started=1000.0, seconds=4.0)
     procs = [ProcSample(1000.0, 1.0, 100_000_000, 100_000_000),
              ProcSample(1002.0, 2.0, 100_300_000, 100_300_000)]
-    step = summarise(plan, sipp, procs, None, fallbacks=1)
+    step = summarise(plan, sipp, procs, None, fallbacks=1, machine=((0, 0), (50, 200)))
     assert (step.offered, step.answered, step.completed) == (4, 3, 2)
     assert step.failed == 2 + 1  # two calls never completed (SIPp counted one), one fallback
     assert step.capacity_failures == 3 and not step.zero_failures
-    assert step.cpu_percent == pytest.approx(50.0)
+    assert step.cpu_percent == pytest.approx(50.0) and step.machine_cpu_percent == 25.0
     assert step.peak_in_system == 2 and step.bytes_per_call == pytest.approx(150_000)
     assert step.sipp_failures == {"FailedCall(C)": "1", "FailedUnexpectedMessage(C)": "1"}
     assert math.isnan(step.series["service_level"][-1])
