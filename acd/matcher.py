@@ -69,6 +69,8 @@ ON_CALL = AgentState.ON_CALL
 WRAP_UP = AgentState.WRAP_UP
 PAUSED = AgentState.PAUSED
 LOGGED_OUT = AgentState.LOGGED_OUT
+#: The states the transition table lets an offer leave (the hot path checks only these).
+_OFFER_FROM = frozenset(s for s, targets in BY_EVENT["offer"].items() if RESERVED in targets)
 
 # Call states.
 NEW, WAITING, OFFERED, CONNECTED = 0, 1, 2, 3
@@ -624,9 +626,12 @@ class Matcher:
 
     def _agent_free(self, ag: _Agent, now: float, out: list[Decision]) -> None:
         """The agent may have room for work: give it the best waiting call, or queue it idle."""
-        chans = self._channels_free(ag)
-        if not chans:
-            return
+        if ag.state is READY and ag.offer is None:
+            chans = ag.channels
+        else:
+            chans = self._channels_free(ag)
+            if not chans:
+                return
         if self._nonempty:
             best: tuple[int, float, int] | None = None
             best_heap: _Heap | None = None
@@ -684,7 +689,10 @@ class Matcher:
         call.queue.waiting += 1
 
     def _offer(self, call: _Call, ag: _Agent, out: list[Decision]) -> None:
-        self._move(ag, "offer", RESERVED)
+        if ag.state not in _OFFER_FROM:
+            self._move(ag, "offer", RESERVED)  # raises IllegalTransition
+        ag.state = RESERVED
+        self._vers[ag.idx] += 1
         ag.offer = call
         self._offer_seq += 1
         ag.last_offer = self._offer_seq
@@ -904,8 +912,12 @@ class Matcher:
         return out
 
     def _offered_to(self, call_id: str, agent_id: str) -> tuple[_Call, _Agent]:
-        call = self._call(call_id)
-        ag = self._agent(agent_id)
+        call = self._calls.get(call_id)
+        if call is None:
+            call = self._call(call_id)  # raises
+        ag = self._agents.get(agent_id)
+        if ag is None:
+            ag = self._agent(agent_id)  # raises
         if call.state != OFFERED or ag.offer is not call:
             raise InvalidEvent(f"call {call_id} is not ringing agent {agent_id}")
         return call, ag
@@ -914,11 +926,13 @@ class Matcher:
         """The agent picked up. Ring-all: the other agents of the set are withdrawn."""
         call, ag = self._offered_to(call_id, agent_id)
         out: list[Decision] = []
-        others = [a for a in call.agents if a is not ag]
+        agents = call.agents
+        others = [a for a in agents if a is not ag] if len(agents) > 1 else ()
         call.agents = []
         call.agent = ag
         call.state = CONNECTED
-        self._stop_timers(call)
+        if call.timed:
+            self._stop_timers(call)
         ag.offer = None
         self._move(ag, "answer", ON_CALL)
         if not ag.total:
@@ -1024,7 +1038,14 @@ class Matcher:
     def timer_fired(self, key: TimerKey, now: float) -> list[Decision]:
         kind, ident, number = key
         out: list[Decision] = []
-        if kind == "relax":
+        if kind == "wrapup":  # the most frequent timer
+            ag = self._agents.get(ident)
+            if ag is not None and ag.state is WRAP_UP and ag.wrap_epoch == number:
+                self._move(ag, "wrapup-done", READY)
+                ag.busy_time += now - ag.busy_start
+                ag.avail_since = now
+                self._agent_free(ag, now, out)
+        elif kind == "relax":
             call = self._calls.get(ident)
             if call is None or call.step >= number or call.state == CONNECTED:
                 return out
@@ -1036,13 +1057,6 @@ class Matcher:
             call = self._calls.get(ident)
             if call is not None and call.state == WAITING:
                 self._overflow(call, "max-wait", out)
-        elif kind == "wrapup":
-            ag = self._agents.get(ident)
-            if ag is not None and ag.state is WRAP_UP and ag.wrap_epoch == number:
-                self._move(ag, "wrapup-done", READY)
-                self._busy_end(ag, now)
-                ag.avail_since = now
-                self._agent_free(ag, now, out)
         else:
             raise InvalidEvent(f"unknown timer {key!r}")
         return out
