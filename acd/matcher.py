@@ -28,7 +28,7 @@ agents by the queue's strategy key, ties broken by the agent's registration inde
 from __future__ import annotations
 
 import logging
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from heapq import heapify, heappop, heappush
 from typing import Any
@@ -128,8 +128,8 @@ class _Slot:
 
     The other strategies' heaps (`heaps`) pull the inbox when they are queried, pushing only
     entries still live then, so an agent taken before a heap is asked never costs it anything.
-    When the inbox grows past `limit` it is compacted to its live entries (order kept) and
-    those heaps refill from it when next asked (amortised O(1) per announcement).
+    When the inbox grows past `limit` it is compacted to its live entries (order kept; the
+    heaps' cursors move with them), amortised O(1) per announcement.
     """
 
     __slots__ = ("inbox", "head", "side", "heaps", "limit", "li")
@@ -582,15 +582,18 @@ class Matcher:
                     self._compact_slot(slot)
 
     def _compact_slot(self, slot: _Slot) -> None:
-        """Keep only the live inbox entries (in order); strategy heaps refill when next asked."""
+        """Keep only the live inbox entries (in order); strategy heaps keep what they pulled."""
         vers = self._vers
         inbox = slot.inbox
-        inbox[:] = [e for e in inbox[slot.head :] if vers[e[1]] is e[2]]
+        if not slot.heaps:
+            inbox[:] = [e for e in inbox[slot.head :] if vers[e[1]] is e[2]]
+        else:
+            kept = [i for i in range(slot.head, len(inbox)) if vers[inbox[i][1]] is inbox[i][2]]
+            for heap in slot.heaps:
+                # What the heap had pulled stays pulled: its cursor moves to the same place.
+                heap.cursor = bisect_left(kept, heap.cursor)
+            inbox[:] = [inbox[i] for i in kept]
         slot.head = 0
-        for heap in slot.heaps:
-            heap.clear()
-            heap.cursor = 0
-            heap.limit = MIN_COMPACT
         slot.limit = max(INBOX_MIN, 2 * len(inbox))
 
     def _pull(self, heap: _KHeap) -> None:
