@@ -91,7 +91,11 @@ def _loadtest(args: argparse.Namespace) -> int:
     pbx = DevPbx.from_settings(args.settings, base=Path.cwd())
     with pbx.lease():
         pbx.up()
-        steps, context = asyncio.run(_run(args, pbx, Path(args.report).resolve()))
+        try:
+            steps, context = asyncio.run(_run(args, pbx, Path(args.report).resolve()))
+        except lt.LoadTestError as exc:
+            print(f"ivr-engine loadtest: {exc}", file=sys.stderr)
+            return 1
     command = "ivr-engine " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = loadreport.write(steps, Path(args.report), command=command, context=context)
     print(md.read_text(encoding="utf-8"))
