@@ -182,6 +182,10 @@ class _Queue:
         "li",
         "steps",
         "max_wait",
+        "weight",
+        "wrapup",
+        "max_length",
+        "ring_limit",
     )
 
     def __init__(self, spec: QueueSpec, reqs: list[_Req], kind: Kind, kind_id: int):
@@ -195,6 +199,10 @@ class _Queue:
         self.li = kind[0] == LI
         self.steps = tuple(step.after for step in spec.steps)
         self.max_wait = spec.max_wait
+        self.weight = spec.weight
+        self.wrapup = spec.wrapup
+        self.max_length = spec.max_length
+        self.ring_limit = spec.ring_all_limit if self.ring_all else 1
 
 
 class _Agent:
@@ -249,7 +257,7 @@ class _Call:
         self.channel = spec.channel
         self.priority = spec.priority
         self.enq = now
-        self.adj = now - queue.spec.weight
+        self.adj = now - queue.weight
         self.step = 0
         self.req = queue.reqs[0]
         self.state = NEW
@@ -711,7 +719,7 @@ class Matcher:
         members = req.views.get((queue.kind_id, call.channel))
         if members is None:
             members = self._view(req, queue.kind, call.channel)
-        limit = queue.spec.ring_all_limit if queue.ring_all else 1
+        limit = queue.ring_limit
         found: list[_Agent] = []
         vers = self._vers
         pop = heappop
@@ -825,7 +833,7 @@ class Matcher:
             for ag in agents:
                 self._offer(call, ag, out)
             return
-        if arrival and queue.spec.max_length and queue.waiting >= queue.spec.max_length:
+        if arrival and queue.max_length and queue.waiting >= queue.max_length:
             self._overflow(call, "queue-full", out)
             return
         self._enqueue(call)
@@ -1011,7 +1019,7 @@ class Matcher:
             ag.avail_since = now
             self._agent_free(ag, now, out)
             return out
-        wrapup = call.queue.spec.wrapup
+        wrapup = call.queue.wrapup
         if wrapup > 0:
             self._move(ag, "end", WRAP_UP)
             ag.wrap_epoch += 1
