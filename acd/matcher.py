@@ -135,7 +135,9 @@ class _Slot:
     __slots__ = ("inbox", "head", "side", "heaps", "limit", "li")
 
     def __init__(self) -> None:
-        self.inbox: list[tuple[float, int, int]] = []
+        # (idle since, index, version, occupancy, calls handled, last offer): the strategies'
+        # keys ride along, so a pull need not touch the agent (they hold while it is live).
+        self.inbox: list[tuple[float, int, int, float, int, int]] = []
         self.head = 0
         self.side = _Heap()
         self.heaps: list[_KHeap] = []
@@ -316,7 +318,7 @@ class Matcher:
         self._call_heaps: list[_Heap] = []
         self._nonempty = 0
         # The greatest idle entry announced so far: a greater one keeps every inbox sorted.
-        self._last_item: tuple[float, int, int] = (float("-inf"), -1, -1)
+        self._last_item: tuple[Any, ...] = (float("-inf"), -1, -1)
         self._call_seq = 0
         self._offer_seq = 0
 
@@ -566,7 +568,7 @@ class Matcher:
             span = now - ag.login_time
             busy = ag.busy_time + (now - ag.busy_start if ag.total else 0.0)
             ag.occ = busy / span if span > 0 else 0.0
-        item = (ag.avail_since, idx, vers[idx])
+        item = (ag.avail_since, idx, vers[idx], ag.occ, ag.handled, ag.last_offer)
         slots = ag.slots
         if item > self._last_item:  # the common case: inboxes stay sorted
             self._last_item = item
@@ -585,7 +587,9 @@ class Matcher:
                     side = slot.side
                     heappush(side, item)
                     if len(side) > side.limit:
-                        self._compact_agents(side)
+                        side[:] = [e for e in side if vers[e[1]] is e[2]]
+                        heapify(side)
+                        side.limit = max(MIN_COMPACT, 2 * len(side))
                 if len(inbox) > slot.limit:
                     self._compact_slot(slot)
 
@@ -615,21 +619,21 @@ class Matcher:
         code = heap.code
         push = heappush
         for i in range(start, len(inbox)):
-            _avail, idx, ver = inbox[i]
+            avail, idx, ver, occ, handled, last_offer = inbox[i]
             if vers[idx] is not ver:
                 continue
-            ag = agents[idx]
             if code == HP:
                 score = 0
+                skills = agents[idx].skills
                 for sk in heap.score_skills:
-                    score -= ag.skills.get(sk, 0)
-                entry: tuple[Any, ...] = (score, ag.avail_since, idx, ver)
+                    score -= skills.get(sk, 0)
+                entry: tuple[Any, ...] = (score, avail, idx, ver)
             elif code == LO:
-                entry = (ag.occ, ag.avail_since, idx, ver)
+                entry = (occ, avail, idx, ver)
             elif code == FC:
-                entry = (ag.handled, ag.avail_since, idx, ver)
+                entry = (handled, avail, idx, ver)
             else:
-                entry = (ag.last_offer, idx, ver)
+                entry = (last_offer, idx, ver)
             push(heap, entry)
         heap.cursor = len(inbox)
         if len(heap) > heap.limit:
@@ -755,6 +759,7 @@ class Matcher:
                         best = entry
                 if best is None:
                     break
+                idx = best[1]
             else:
                 for heap in members:
                     if heap.cursor < len(heap.slot.inbox):
@@ -774,7 +779,7 @@ class Matcher:
                 if best is None or best_heap is None:
                     break
                 pop(best_heap)
-            idx = best[-2]
+                idx = best[-2]
             found.append(self._by_idx[idx])
             vers[idx] += 1  # its entries elsewhere are stale from now on
         return found
