@@ -19,10 +19,11 @@ Call life, as the dialplan in `asterisk-conf/extensions.conf` drives it:
 1. `register(...)`: the flow's queue node describes the call (skills, priority, screen pop);
    the flow ends with IVR_NEXT=acd and the dialplan parks the caller in `[acd-wait]`.
 2. `call_waiting(call_id, channel)` (UserEvent AcdWaiting): the call enters the matcher.
-3. An `Offer`: the screen pop is published on `agent/<id>/screenpop`, *then* the caller's
-   channel is redirected to `[acd-connect]`, which Dials the agent's phone with a ring
-   timeout. Because Dial runs in the caller's channel, a caller who hangs up cancels the ring
-   in Asterisk itself: no ghost call can reach the agent afterwards.
+3. An `Offer`: the screen pop is published on `agent/<id>/screenpop` (with `pop_sender`, the
+   broker's acknowledgement is awaited), *then* the caller's channel is redirected to
+   `[acd-connect]`, which Dials the agent's phone with a ring timeout. Because Dial runs in the
+   caller's channel, a caller who hangs up cancels the ring in Asterisk itself: no ghost call
+   can reach the agent afterwards.
 4. `answered` (UserEvent AcdAnswered from Dial's U() subroutine on the agent's channel),
    `dial_result` (UserEvent AcdDialResult after Dial: NOANSWER/BUSY/... -> ring-no-answer,
    the caller back in `[acd-wait]`; ANSWER -> the conversation is over), `channel_gone`
@@ -44,7 +45,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -190,6 +191,8 @@ class Router:
         max_misses: int = 2,
         guard_margin: float = 10.0,
         clock: Callable[[], float] | None = None,
+        pop_sender: Callable[[str, Mapping[str, Any]], Awaitable[None]] | None = None,
+        pop_timeout: float = 1.0,
     ) -> None:
         self.roster = roster
         self.pbx = pbx
@@ -212,6 +215,10 @@ class Router:
         #: Seconds a described call may take to reach [acd-wait] before it is forgotten.
         self.unclaimed_after = 120.0
         self._task_seq = 0
+        #: Awaited before each ring: the pop is with the broker before the phone rings.
+        self.pop_sender = pop_sender
+        self.pop_timeout = pop_timeout
+        self.pop_failures = 0
         self.latency = LatencyLog()
         self.offers = 0
         self.errors = 0
@@ -592,29 +599,55 @@ class Router:
         call.state = "ringing"
         call.agent = offer.agent
         now = self.now()
-        # The screen pop goes out BEFORE the phone can ring: published first, then redirect.
-        self.publisher.publish(
-            f"agent/{offer.agent}/screenpop",
-            {
-                "event": "ScreenPop",
-                "call_id": call.call_id,
-                "agent": offer.agent,
-                "queue": call.queue,
-                "language": call.language,
-                "priority": call.priority,
-                "waited": round(now - call.queued_at, 3),
-                "data": dict(call.screen_pop),
-            },
-        )
+        topic = f"agent/{offer.agent}/screenpop"
+        pop = {
+            "event": "ScreenPop",
+            "call_id": call.call_id,
+            "agent": offer.agent,
+            "queue": call.queue,
+            "language": call.language,
+            "priority": call.priority,
+            "waited": round(now - call.queued_at, 3),
+            "data": dict(call.screen_pop),
+        }
         if self._loop is not None:
             call.guard = self._loop.call_later(
                 self.ring_timeout + self.guard_margin, self._guard_fired, call.call_id, offer.agent
             )
         exten = entry.endpoint.split("/", 1)[1] if entry is not None else offer.agent
-        self.spawn(
-            self._redirect(call.channel, CONNECT_CONTEXT, exten, started, call.call_id),
-            f"acd-offer-{call.call_id}",
-        )
+        if self.pop_sender is None:
+            self.publisher.publish(topic, pop)
+            redirect = self._redirect(call.channel, CONNECT_CONTEXT, exten, started, call.call_id)
+        else:
+            redirect = self._pop_then_redirect(topic, pop, call.channel, exten, started, call)
+        self.spawn(redirect, f"acd-offer-{call.call_id}")
+
+    async def _pop_then_redirect(
+        self,
+        topic: str,
+        pop: dict[str, Any],
+        channel: str,
+        exten: str,
+        started: float,
+        call: RoutedCall,
+    ) -> None:
+        """The screen pop is acknowledged by the broker BEFORE the phone can ring. A pop that
+        cannot be confirmed in `pop_timeout` is logged and the agent rung all the same: the
+        caller reaching a person matters more than the pop."""
+        if self.pop_sender is None:
+            raise InvalidEvent("no pop sender")
+        try:
+            async with asyncio.timeout(self.pop_timeout):
+                await self.pop_sender(topic, pop)
+        except Exception as exc:  # TimeoutError, MQTT errors: ring anyway, say so
+            self.pop_failures += 1
+            log.warning(
+                "screen pop for call %s not confirmed (%r): ringing anyway", call.call_id, exc
+            )
+            self.publisher.publish(topic, pop)
+        if call.state != "ringing" or call.channel != channel:
+            return  # the caller hung up while the pop was sent: never ring the agent
+        await self._redirect(channel, CONNECT_CONTEXT, exten, started, call.call_id)
 
     def _overflow(self, over: Overflowed, started: float) -> None:
         call = self.calls.get(over.call)

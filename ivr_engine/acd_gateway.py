@@ -12,7 +12,8 @@ The screen pop carries only what the flow put in `data` (the flow lint refuses s
 values there) plus the caller's number masked to its last four digits.
 
 `AcdService` is what the composition root builds when a roster exists: the router, its AMI
-commands and event bridge, and the agent command channel on MQTT:
+commands and event bridge, its own MQTT connection for screen pops (QoS 1: the broker has the
+pop before the agent's phone rings) and for the agent command channel:
 
     topic  <prefix>/acd/command      (the daemon subscribes)
     {"id": "<request id, 1-64 of [A-Za-z0-9_.-]>", "verb": "list|login|logout|pause|resume|reload",
@@ -32,6 +33,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -143,12 +145,19 @@ class AcdService:
             roster = Roster.load(roster_path)
         except AcdError as exc:  # start-up: a configuration error, exit 2 with the file named
             raise ConfigError(str(exc), source="IVR_ACD_ROSTER") from None
-        self.router = Router(roster, AmiPbxCommands(ami), publisher, ring_timeout=ring_timeout)
+        self.router = Router(
+            roster,
+            AmiPbxCommands(ami),
+            publisher,
+            ring_timeout=ring_timeout,
+            pop_sender=self.send_pop if mqtt is not None else None,
+        )
         self.bridge = AcdAmiBridge(ami, self.router)
         self.gateway = AcdQueueGateway(self.router)
         self._publisher = publisher
         self._mqtt = mqtt
         self._task: asyncio.Task[None] | None = None
+        self._client: aiomqtt.Client | None = None
         self.commands_seen = 0
 
     @contextlib.asynccontextmanager
@@ -205,6 +214,17 @@ class AcdService:
             return
         self._publisher.publish(f"{REPLY_TOPIC}/{request_id}", {"id": request_id, **reply})
 
+    async def send_pop(self, topic: str, payload: Mapping[str, Any]) -> None:
+        """Publish a screen pop with QoS 1 and return once the broker acknowledged it (the
+        router rings the agent only then). Without a broker connection: raise, and the router
+        publishes through the notifier's buffer and rings anyway."""
+        client, settings = self._client, self._mqtt
+        if client is None or settings is None:
+            raise ConnectionError("no MQTT connection for the screen pop")
+        body = {**payload, "at": round(time.time(), 3)}
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=str)
+        await client.publish(f"{settings.topic_prefix.strip('/')}/{topic}", data, qos=1)
+
     async def _commands(self, settings: MqttSettings) -> None:
         """A subscriber connection of its own (the notifier subscribes only at connect)."""
         topic = "/".join((settings.topic_prefix.strip("/"), COMMAND_TOPIC))
@@ -220,6 +240,7 @@ class AcdService:
                     timeout=5,
                 ) as client:
                     await client.subscribe(topic, qos=1)
+                    self._client = client
                     delay = 0.5
                     async for message in client.messages:
                         payload = message.payload
@@ -227,5 +248,7 @@ class AcdService:
                             await self.handle_message(payload)
             except aiomqtt.MqttError as exc:
                 log.warning("ACD commands: MQTT %s:%d: %s", settings.host, settings.port, exc)
+            finally:
+                self._client = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -98,8 +98,8 @@ async def capture(port: int) -> AsyncIterator[Mqtt]:
 
 
 def agents_state(daemon: Daemon) -> dict[str, dict[str, Any]]:
-    out = daemon.cli("agents", "list", "--json")
-    assert out.returncode == 0, out.stderr
+    out = daemon.cli("agents", "list", "--json", "--timeout", "10")
+    assert out.returncode == 0, (out.stdout, out.stderr, daemon.logs()[-3000:])
     return {a["agent"]: a for a in json.loads(out.stdout)}
 
 
@@ -110,14 +110,17 @@ def wait_states(daemon: Daemon, want: dict[str, str], timeout: float = 15.0) -> 
         if all(states[a]["state"] == s for a, s in want.items()):
             return states
         if time.monotonic() > deadline:
-            raise AssertionError(f"agents never reached {want}: {states}")
+            raise AssertionError(f"agents never reached {want}: {states}\n{daemon.logs()[-3000:]}")
         time.sleep(0.3)
 
 
 @dataclass
 class Phones:
+    """What the agent phones saw. Only plain values leave the SipStack: a pjsua2 object that
+    outlives its stack aborts the process when the next stack starts."""
+
     rang: dict[str, list[float]] = field(default_factory=dict)
-    calls: dict[str, list[SimCall]] = field(default_factory=dict)
+    incoming: dict[str, int] = field(default_factory=dict)
     accounts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,9 +161,12 @@ def run_scenario(
             call.end()
             stack.pump(0.5)
             for acc in accounts:
-                phones.calls[acc.username] = list(acc.incoming)
+                phones.incoming[acc.username] = len(acc.incoming)
                 acc.unregister()
             stack.pump(0.5)
+            phones.accounts.clear()
+            accounts.clear()
+            del call
         result["phones"] = phones
         return result
 
@@ -186,6 +192,7 @@ async def test_vip_reaches_the_skilled_agent_and_the_screen_pop_comes_first(
     phones: Phones = result["phones"]
     assert result["connected"]
     assert len(phones.rang["1001"]) == 1 and phones.rang["1007"] == []
+    assert phones.incoming == {"1001": 1, "1007": 0}
     pops = mqtt.of("agent/1001/screenpop")
     assert len(pops) == 1, mqtt.messages
     pop_at, pop = pops[0]
@@ -197,7 +204,9 @@ async def test_vip_reaches_the_skilled_agent_and_the_screen_pop_comes_first(
     print(f"screen pop {1000 * (phones.rang['1001'][0] - pop_at):.0f} ms before the ring")
     events = [p["event"] for _, p in mqtt.of("agent/1001/state")]
     assert events[:2] == ["CallConnected", "CallEnded"], events
-    wait_states(daemon, {"1001": "ready", "1007": "ready"})
+    # The phones unregistered at the end of the scenario: their agents are logged out.
+    states = wait_states(daemon, {"1001": "logged-out", "1007": "logged-out"})
+    assert not states["1001"]["registered"]
 
 
 async def test_ring_no_answer_requeues_then_pauses(dev_pbx, daemon, broker):

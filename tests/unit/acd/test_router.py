@@ -250,3 +250,54 @@ async def test_calls_that_never_reach_the_wait_context_are_forgotten() -> None:
         await asyncio.sleep(0.1)
         register(router, "c2")
         assert "c1" not in router.calls and "c2" in router.calls
+
+
+async def test_ring_waits_for_the_pop_ack_and_never_rings_after_a_hangup() -> None:
+    pbx = FakePbx()
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def pop_sender(topic: str, payload: Mapping[str, Any]) -> None:
+        await release.wait()
+        sent.append(topic)
+        pbx.commands.append(("pop-acked", topic))
+
+    router = Router(Roster.parse(ROSTER), pbx, FakePublisher(), pop_sender=pop_sender)
+    async with router:
+        router.contact_changed("1001", True)
+        register(router, "c1")
+        router.call_waiting("c1", "PJSIP/t-1")
+        await asyncio.sleep(0.01)
+        assert not [c for c in pbx.commands if c[0] == "redirect"]  # pop not acked: no ring
+        release.set()
+        await router.drain()
+        assert pbx.commands[-2:] == [
+            ("pop-acked", "agent/1001/screenpop"),
+            ("redirect", "PJSIP/t-1", CONNECT_CONTEXT, "1001"),
+        ]
+        # The caller hangs up while the next pop is in flight: the agent is never rung.
+        router.dial_result("c1", "1001", "NOANSWER")  # re-offered to 1001 (only agent)
+        release.clear()
+        await asyncio.sleep(0.01)
+        router.channel_gone("PJSIP/t-1")
+        release.set()
+        await router.drain()
+        assert len([c for c in pbx.commands if c[0] == "redirect"]) == 1
+        assert router.m.agent_state("1001") == "ready"
+
+
+async def test_a_pop_that_cannot_be_confirmed_still_rings() -> None:
+    pbx = FakePbx()
+
+    async def pop_sender(topic: str, payload: Mapping[str, Any]) -> None:
+        raise ConnectionError("broker away")
+
+    pub = FakePublisher()
+    router = Router(Roster.parse(ROSTER), pbx, pub, pop_sender=pop_sender)
+    async with router:
+        router.contact_changed("1001", True)
+        register(router, "c1")
+        router.call_waiting("c1", "PJSIP/t-1")
+        await router.drain()
+        assert ("redirect", "PJSIP/t-1", CONNECT_CONTEXT, "1001") in pbx.commands
+        assert router.pop_failures == 1 and "agent/1001/screenpop" in pub.topics()
