@@ -8,18 +8,18 @@ due the owner calls `timer_fired(key, now)`.
 Data structures (see docs/acd.md for the full argument):
 
 * Every distinct requirement (a queue's requirement at each cumulative relaxation step, after
-  normalisation) is a `_Req`. It owns one heap of idle agents per (strategy key, channel) and
-  one heap of waiting calls per channel.
-* When an agent registers, the requirements it satisfies are found through an index of
-  conjunctions anchored on a skill (only those anchored on a skill the agent holds are tested)
-  and stored on the agent as flat lists of heaps: the agent's "eligibility signature".
-* Call arrives: pop the head of one heap (its requirement, its queue's strategy, its channel).
-  Agent frees up: compare the heads of the call heaps of the requirements it satisfies on the
-  channels it has room on. Both are O(k log n), k = requirements per agent (bounded by the
-  configuration, not by the number of agents or calls).
-* Deletion is lazy: an entry carries a version; pausing, hanging up, offering, relaxing and
-  re-prioritising bump the owner's version. Stale heads are popped when seen, and a heap that
-  grows past twice its size after the last clean-up is compacted (amortised O(1) per push).
+  normalisation) is a `_Req`, with one heap of waiting calls per channel.
+* Idle agents live in slots (one per skill level bucket or multi-skill conjunction, per
+  channel): an agent becoming idle appends one item to each of its slots' inboxes. The inbox is
+  kept sorted by idle time, so it is itself the longest-idle queue (a head cursor skips stale
+  items; a small side heap takes the rare out-of-order announcement). Other strategies keep a
+  heap per slot that pulls the inbox lazily, live items only.
+* Call arrives: the best head among the few slots (or heaps) of its requirement's view.
+  Agent frees up: compare the (always live) heads of the non-empty call heaps it is eligible
+  for. Both are bounded by the configuration, not by the number of agents or calls.
+* Deletion is lazy: an idle item carries the agent's version (an identity test); pausing,
+  offering, answering... bump it. A waiting call has exactly one live heap entry. Heaps that
+  grow past twice their live size are compacted (amortised O(1) per push).
 
 Ordering rules: calls by (priority, arrival time - queue weight, arrival sequence), lower first;
 agents by the queue's strategy key, ties broken by the agent's registration index.
