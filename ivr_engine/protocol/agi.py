@@ -395,7 +395,13 @@ def format_command(verb: str, *args: Arg) -> bytes:
         raise AgiArgumentError(
             f"{verb} has {words} words; Asterisk keeps only {MAX_ARGS - 1} (res_agi MAX_ARGS)"
         )
-    line = (" ".join(parts) + "\n").encode("utf-8")
+    try:
+        line = (" ".join(parts) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (from undecodable caller data) has no UTF-8 bytes to send.
+        raise AgiArgumentError(
+            f"{verb} has an argument that is not valid Unicode text (no UTF-8 bytes); refused"
+        ) from None
     if len(line) > AGI_BUF_LEN - 1:
         raise AgiArgumentError(
             f"{verb} command line is {len(line)} bytes; Asterisk reads at most "
