@@ -53,7 +53,7 @@ class Daemon:
     def seed(self, customers: int = 0) -> None:
         self.cli("cif", "seed", "--customers", str(customers))
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 90.0) -> None:
         with open(self.workdir / "daemon.out", "wb") as out:  # the child keeps its own fd
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ivr_engine.cli", "serve"],
