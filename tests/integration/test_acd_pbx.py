@@ -223,7 +223,15 @@ async def test_ring_no_answer_requeues_then_pauses(dev_pbx, daemon, broker):
             if states["1001"]["state"] == "paused":
                 break
         stack.pump(2.0)
-        return {"states": states, "caller_up": call.is_connected and not call.is_ended}
+        rings_while_paused = len(phones.rang["1001"])
+        resumed = daemon.cli("agents", "resume", "1001", "--timeout", "10").returncode
+        stack.wait_for(lambda: len(phones.rang["1001"]) >= 3, 10, "a ring after the resume")
+        return {
+            "states": states,
+            "caller_up": call.is_connected and not call.is_ended,
+            "rings_while_paused": rings_while_paused,
+            "resumed": resumed,
+        }
 
     async with capture(broker.port) as mqtt:
         result = await asyncio.to_thread(
@@ -232,13 +240,12 @@ async def test_ring_no_answer_requeues_then_pauses(dev_pbx, daemon, broker):
     phones: Phones = result["phones"]
     assert result["states"]["1001"]["state"] == "paused", result["states"]
     assert result["states"]["1001"]["reason"] == "no-answer"
-    assert len(phones.rang["1001"]) == 2, phones.rang  # paused: not rung a third time
+    assert result["rings_while_paused"] == 2, phones.rang  # paused: not rung a third time
+    assert result["resumed"] == 0 and len(phones.rang["1001"]) == 3  # resumed: offered again
     assert result["caller_up"]  # still waiting with music, not dropped
     misses = [p for _, p in mqtt.of("agent/1001/state") if p["event"] == "RingNoAnswer"]
-    assert [m["status"] for m in misses] == ["NOANSWER", "NOANSWER"]
-    assert len(mqtt.of("agent/1001/screenpop")) == 2
-    out = daemon.cli("agents", "resume", "1001")
-    assert out.returncode == 0, out.stderr
+    assert [m["status"] for m in misses][:2] == ["NOANSWER", "NOANSWER"]
+    assert len(mqtt.of("agent/1001/screenpop")) == 3
 
 
 async def test_caller_abandons_while_ringing_agent_ready_and_no_ghost_call(dev_pbx, daemon, broker):
