@@ -15,8 +15,9 @@ English call is a "call queued" event that finds one.
 Measured, one event at a time (the next event after the previous command was acknowledged):
 - `agent-ready`: a connected call ends (no wrap-up): the agent takes the best waiting call;
 - `call-queued`: an English call arrives and an idle eligible agent is offered it.
-`issued` is event in -> the redirect coroutine runs (the decision plus the loop's scheduling);
-`acked` adds the simulated AMI round trip. Baselines measured in the same run: the bare
+`issued` is event in -> the Redirect is sent: the decision, the loop's scheduling and the
+screen pop's broker acknowledgement (one simulated round trip: the daemon rings only after it);
+`acked` adds the Redirect's simulated AMI round trip. Baselines measured in the same run: the bare
 `Matcher` call for the same kind of event (no router, no asyncio), and the RTT alone.
 The issue's reference: Asterisk 22 app_queue, agent complete -> next agent called while
 callers waited, p50 651 ms, p99 1,322 ms (its one-second re-check).
@@ -95,7 +96,11 @@ async def run(
     rng = random.Random(seed)
     roster = centre(n_agents, rng)
     pbx = SimulatedAmi(rtt)
-    router = Router(roster, pbx, _Quiet(), ring_timeout=3600, guard_margin=0)
+
+    async def pop_sender(topic: str, payload: Mapping[str, Any]) -> None:
+        await asyncio.sleep(rtt)  # the screen pop's QoS 1 round trip to the broker
+
+    router = Router(roster, pbx, _Quiet(), ring_timeout=3600, guard_margin=0, pop_sender=pop_sender)
     seq = 0
     connected: list[str] = []
 
