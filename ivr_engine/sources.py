@@ -126,6 +126,15 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         number = str(params.get("number") or "")
         profile = await store.safe_profile(number or None)
         fields = caller_fields(profile)
+        catalogue = engine.catalogue
+        # A region the prompts cannot speak (a city outside the tables, or only "China")
+        # would fail the greeting: greet without it instead. Load runs found ~1% such callers.
+        region = str(fields["region"])
+        if catalogue is not None and region and not all(
+            catalogue.can_say("region", region, lang) for lang in ("cmn", "yue", "en")
+        ):
+            log.info("caller's region is not in the speech tables; greeting without it")
+            fields["region"] = ""
         accounts = await store.balance(profile.customer.id) if profile.customer else []
         if accounts:
             fields["account_last4"] = accounts[0].masked[-4:]
