@@ -73,7 +73,7 @@ class AgiCallChannel:
                 return digit
         return None
 
-    async def wait_digit(self, timeout: float) -> str | None:
+    async def wait_digit(self, timeout: float) -> str | None:  # noqa: ASYNC109 (a DTMF wait, not an I/O deadline)
         return await self._session.wait_for_digit(timeout, sensitive=True)
 
     async def flush_digits(self) -> None:
@@ -86,7 +86,7 @@ class AgiCallChannel:
     async def set_variable(self, name: str, value: str) -> None:
         await self._session.set_variable(name, value)
 
-    async def transfer(self, target: str, *, timeout: float) -> TransferStatus:
+    async def transfer(self, target: str, *, timeout: float) -> TransferStatus:  # noqa: ASYNC109
         await self._session.exec("Dial", f"{target},{max(1, int(timeout))}")
         status = (await self._session.get_variable("DIALSTATUS") or "").upper()
         return _DIALSTATUS.get(status, "failed")

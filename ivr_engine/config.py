@@ -18,6 +18,8 @@ from typing import Any, get_type_hints
 from ivr_engine.errors import ConfigError
 
 SECRET_KEYS = frozenset({"secret", "password"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,8 @@ def _coerce(value: Any, typ: Any, *, source: str, key: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-            return value.lower() in {"1", "true", "yes", "on"}
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
     elif typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -41,7 +41,7 @@ class CallChannel(Protocol):
         `interrupt` is the set of digits that may barge in ("" = none: legal text)."""
         ...
 
-    async def wait_digit(self, timeout: float) -> str | None:
+    async def wait_digit(self, timeout: float) -> str | None:  # noqa: ASYNC109 (a DTMF wait, not an I/O deadline)
         """Wait up to `timeout` seconds for one digit; None on timeout."""
         ...
 
@@ -51,7 +51,7 @@ class CallChannel(Protocol):
 
     async def set_variable(self, name: str, value: str) -> None: ...
 
-    async def transfer(self, target: str, *, timeout: float) -> TransferStatus:
+    async def transfer(self, target: str, *, timeout: float) -> TransferStatus:  # noqa: ASYNC109
         """Connect the caller to `target` (number or endpoint) and report how it ended."""
         ...
 
