@@ -40,16 +40,16 @@ def small_disk(where: Path, size: str = "768k") -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Write a filler file until the disk is full (ENOSPC); returns it."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
-        chunk = b"\0" * 4096
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-    with contextlib.suppress(OSError), open(filler, "ab") as f:  # the last partial block
-        f.write(b"\0" * 512)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):  # big blocks first, then the last crumbs
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -141,8 +141,10 @@ def test_locked_database_calls_flow_records_buffered_then_flushed(
     finally:
         assert locker.stdin is not None
         locker.stdin.write("\n")
-        locker.stdin.flush()
+        locker.stdin.close()
         locker.wait(10)
+        if locker.stdout is not None:
+            locker.stdout.close()
     flushed = wait_records(d.db, 1)
     code = d.stop()
     logs = d.logs()  # the first failed write is logged only after busy_timeout (5 s)
