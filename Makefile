@@ -8,7 +8,7 @@ STATE := .state
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3-venv python3-dev gcc debootstrap espeak-ng sox libsox-fmt-base mosquitto mosquitto-clients procps iproute2 git
 
-.PHONY: demo test setup system venv services pbx prompts lint bench clean-pbx
+.PHONY: demo test setup system venv services pbx prompts lint bench audit clean-pbx
 
 demo: setup
 	$(BIN)/ivr-engine demo
@@ -61,6 +61,11 @@ bench: venv
 	$(BIN)/ivr-engine flows bench
 	$(BIN)/ivr-engine prompts bench
 	$(BIN)/ivr-engine cif bench --json
+
+# Known vulnerabilities in the installed dependencies. Needs PyPI's JSON API or OSV: on
+# machines whose package mirror serves only the simple index it audits nothing, and says so.
+audit: venv
+	$(BIN)/pip-audit --skip-editable --strict --progress-spinner off
 
 # Refuses while anything is still mounted in the root (a test session may hold a lease).
 clean-pbx:
