@@ -36,13 +36,12 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiosqlite
 
 from ivr_engine.cif.masking import mask_mapping
-from ivr_engine.cif.sqlite import Migration, open_database, store_errors
+from ivr_engine.cif.sqlite import Migration, SqliteStore, open_database, store_errors
 from ivr_engine.errors import AuditError, StoreError
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,7 @@ def _details_json(details: Mapping[str, Any]) -> str:
     )
 
 
-class AuditLog:
+class AuditLog(SqliteStore):
     """The audit log. One instance per process; appends are serialised and each is one
     `BEGIN IMMEDIATE` transaction, so several processes can append to the same file."""
 
@@ -194,20 +193,6 @@ class AuditLog:
             p, COMPONENT, MIGRATIONS, busy_timeout=busy_timeout, readonly=readonly
         )
         return cls(db, path=p, key=key)
-
-    async def close(self) -> None:
-        await self._db.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def append(
         self,

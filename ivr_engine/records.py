@@ -32,7 +32,7 @@ from typing import Any, Self
 import aiosqlite
 
 from ivr_engine.cif.masking import SECRET_MASK, mask_caller, mask_mapping, scrub
-from ivr_engine.cif.sqlite import Migration, open_database, store_errors
+from ivr_engine.cif.sqlite import Migration, SqliteStore, open_database, store_errors
 from ivr_engine.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def _from_row(row: Any) -> dict[str, Any]:
     }
 
 
-class CallRecordStore:
+class CallRecordStore(SqliteStore):
     """The call_records table. Raises StoreError; `CallRecorder` is what calls should use."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
@@ -246,20 +246,6 @@ class CallRecordStore:
             p, COMPONENT, MIGRATIONS, busy_timeout=busy_timeout, readonly=readonly
         )
         return cls(db, p)
-
-    async def close(self) -> None:
-        await self._db.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def write_many(self, records: list[CallRecord]) -> None:
         """Upsert records in one transaction (all or nothing)."""

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import aiosqlite
 
@@ -26,6 +27,21 @@ from ivr_engine.errors import StoreError
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 5.0
+
+
+class SqliteStore:
+    """Base of the stores on one aiosqlite connection (`_db`): close and `async with`."""
+
+    _db: aiosqlite.Connection
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 class SchemaTooNew(StoreError):

@@ -38,8 +38,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiosqlite
 
@@ -68,7 +67,7 @@ from ivr_engine.cif.model import (
     Title,
 )
 from ivr_engine.cif.pin import check_pin, hash_pin
-from ivr_engine.cif.sqlite import open_database, store_errors
+from ivr_engine.cif.sqlite import SqliteStore, open_database, store_errors
 from ivr_engine.errors import StoreError
 from ivr_engine.region import (
     Region,
@@ -283,7 +282,7 @@ def _load_pan_key(db_path: Path) -> bytes:
 # --- the store --------------------------------------------------------------------------------
 
 
-class CifStore:
+class CifStore(SqliteStore):
     def __init__(
         self,
         db: aiosqlite.Connection,
@@ -324,20 +323,6 @@ class CifStore:
             db, path=p, pan_key=key, bank_province=bank_province, tz=tz,
             read_timeout=read_timeout,
         )
-
-    async def close(self) -> None:
-        await self._db.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def today(self) -> dt.date:
         return dt.datetime.now(self._tz).date()
