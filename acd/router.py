@@ -63,6 +63,7 @@ from acd.model import (
     TimerKey,
     Withdraw,
 )
+from acd.queue_events import QueueEvent, QueueListener
 from acd.roster import Roster, RosterAgent
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ class RoutedCall:
     state: str = "registered"  # registered | waiting | ringing | connected | gone
     registered_at: float = 0.0
     queued_at: float = 0.0
+    ring_at: float = 0.0
+    connected_at: float = 0.0
     guard: asyncio.TimerHandle | None = None
 
 
@@ -222,6 +225,28 @@ class Router:
         self.latency = LatencyLog()
         self.offers = 0
         self.errors = 0
+        #: Called with every `QueueEvent` (queue_log, live statistics); see acd/queue_events.py.
+        self.listeners: list[QueueListener] = []
+        self.listener_errors = 0
+        self._agent_seen: dict[str, AgentState] = {}
+
+    # ------------------------------------------------------------------ queue events
+
+    def _emit(
+        self, verb: str, call_id: str = "", queue: str = "", agent: str = "", **data: Any
+    ) -> None:
+        if not self.listeners:
+            return
+        event = QueueEvent(time.time(), verb, call_id, queue, agent, data)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must never stop routing
+                self.listener_errors += 1
+                log.exception("queue event listener %r failed on %s", listener, verb)
+
+    def _since(self, at: float) -> float:
+        return round(self.now() - at, 3) if at else 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -339,6 +364,14 @@ class Router:
                 "priority": call.priority,
             },
         )
+        self._emit(
+            "ENTERQUEUE",
+            call_id,
+            call.queue,
+            priority=call.priority,
+            language=call.language,
+            channel=channel,
+        )
         spec = CallSpec(call_id, call.matcher_queue, VOICE, call.priority)
         self._apply(self.m.call_arrived(spec, self.now()), started)
 
@@ -349,6 +382,15 @@ class Router:
             return
         self._clear_guard(call)
         call.state = "connected"
+        call.connected_at = self.now()
+        self._emit(
+            "CONNECT",
+            call_id,
+            call.queue,
+            agent,
+            holdtime=self._since(call.queued_at),
+            ringtime=self._since(call.ring_at),
+        )
         self.publisher.publish(
             f"agent/{agent}/state", {"event": "CallConnected", "call_id": call_id, "agent": agent}
         )
@@ -365,14 +407,23 @@ class Router:
             self._clear_guard(call)
             call.state = "waiting"
             call.agent = ""
+            self._emit(
+                "RINGNOANSWER",
+                call_id,
+                call.queue,
+                agent,
+                ringtime=self._since(call.ring_at),
+                status=status,
+            )
             self.publisher.publish(
                 f"agent/{agent}/state",
                 {"event": "RingNoAnswer", "call_id": call_id, "agent": agent, "status": status},
             )
             self._apply(self.m.no_answer(call_id, agent, self.now()), started)
             self._apply_deferred(agent)
+            self._publish_agent(agent)  # paused after too many misses, or ready again
         elif call.state == "connected" and status == "ANSWER":
-            self._end(call, started)
+            self._end(call, started, "COMPLETEAGENT")
         else:
             log.debug("dial result %s for %s/%s in state %s", status, call_id, agent, call.state)
 
@@ -386,10 +437,18 @@ class Router:
             return
         started = time.perf_counter()
         if call.state == "connected":
-            self._end(call, started)
+            self._end(call, started, "COMPLETECALLER")
             return
         self._clear_guard(call)
         agent = call.agent
+        self._emit(
+            "ABANDON",
+            call_id,
+            call.queue,
+            agent,
+            waittime=self._since(call.queued_at),
+            ringing=call.state == "ringing",
+        )
         call.state = "gone"
         if agent:
             self.publisher.publish(
@@ -402,8 +461,16 @@ class Router:
         if agent:
             self._apply_deferred(agent)
 
-    def _end(self, call: RoutedCall, started: float) -> None:
+    def _end(self, call: RoutedCall, started: float, verb: str) -> None:
         agent = call.agent
+        self._emit(
+            verb,
+            call.call_id,
+            call.queue,
+            agent,
+            holdtime=round(call.connected_at - call.queued_at, 3) if call.connected_at else 0.0,
+            calltime=self._since(call.connected_at),
+        )
         call.state = "gone"
         self._by_channel.pop(call.channel, None)
         self.calls.pop(call.call_id, None)
@@ -447,6 +514,7 @@ class Router:
         entry = self.roster.agents.get(agent_id)
         if entry is not None:
             self._apply(self.m.login(entry.spec, self.now(), paused=reason), time.perf_counter())
+            self._publish_agent(agent_id)
 
     def contact_changed(self, endpoint: str, registered: bool) -> None:
         """A phone registered (or became reachable) or went away (AMI ContactStatus)."""
@@ -539,6 +607,7 @@ class Router:
 
     def _publish_agent(self, agent_id: str) -> None:
         state = self._state(agent_id) or AgentState.LOGGED_OUT
+        self._agent_event(agent_id, state)
         self.publisher.publish(
             f"agent/{agent_id}/status",
             {
@@ -550,6 +619,23 @@ class Router:
             },
             retain=True,
         )
+
+    def _agent_event(self, agent_id: str, state: AgentState) -> None:
+        """AGENTLOGIN / AGENTLOGOFF / PAUSE / UNPAUSE on a change of the published state."""
+        before = self._agent_seen.get(agent_id, AgentState.LOGGED_OUT)
+        self._agent_seen[agent_id] = state
+        if before is state:
+            return
+        if before is AgentState.LOGGED_OUT:
+            reason = self.m.pause_reason(agent_id) if state is AgentState.PAUSED else None
+            self._emit("AGENTLOGIN", agent=agent_id, paused=reason)
+            return
+        if state is AgentState.LOGGED_OUT:
+            self._emit("AGENTLOGOFF", agent=agent_id)
+        elif state is AgentState.PAUSED:
+            self._emit("PAUSE", agent=agent_id, reason=self.m.pause_reason(agent_id))
+        elif before is AgentState.PAUSED:
+            self._emit("UNPAUSE", agent=agent_id)
 
     # ------------------------------------------------------------------ timers
 
@@ -599,6 +685,10 @@ class Router:
         call.state = "ringing"
         call.agent = offer.agent
         now = self.now()
+        call.ring_at = now
+        self._emit(
+            "RINGING", call.call_id, call.queue, offer.agent, waited=round(now - call.queued_at, 3)
+        )
         topic = f"agent/{offer.agent}/screenpop"
         pop = {
             "event": "ScreenPop",
@@ -656,6 +746,14 @@ class Router:
         target = over.target or OPERATORS
         log.info(
             "call %s overflowed from %s (%s) to %s", over.call, over.queue, over.reason, target
+        )
+        self._emit(
+            "EXITWITHTIMEOUT",
+            call.call_id,
+            call.queue,
+            waittime=self._since(call.queued_at),
+            target=target,
+            reason=over.reason,
         )
         if target in self.roster.queues and target != call.queue:
             call.queue = target
