@@ -87,6 +87,16 @@ class PbxCommands(Protocol):
     async def hangup(self, channel: str, cause: int = 16) -> None: ...
 
 
+class TaskSink(Protocol):
+    """Where non-voice work (chat, SMS, e-mail, web callback) goes when the matcher picks an
+    agent for it: the task service delivers it on the agent's MQTT topic, or originates the
+    web callback. It answers through `Router.task_accepted/_rejected/_done/_cancelled`."""
+
+    def offer(self, call: RoutedCall, agent: str) -> None: ...
+
+    def dropped(self, call: RoutedCall, reason: str) -> None: ...
+
+
 class Publisher(Protocol):
     """Where events for agents and wallboards go (MQTT). Never blocks."""
 
@@ -145,6 +155,7 @@ class RoutedCall:
     queued_at: float = 0.0
     ring_at: float = 0.0
     connected_at: float = 0.0
+    kind: str = VOICE  # the matcher channel: voice, or chat/sms/email/callback for tasks
     guard: asyncio.TimerHandle | None = None
 
 
@@ -229,6 +240,8 @@ class Router:
         self.listeners: list[QueueListener] = []
         self.listener_errors = 0
         self._agent_seen: dict[str, AgentState] = {}
+        #: Non-voice tasks are offered here (None: `submit_task` refuses them).
+        self.task_sink: TaskSink | None = None
 
     # ------------------------------------------------------------------ queue events
 
@@ -435,6 +448,11 @@ class Router:
         call = self.calls.get(call_id)
         if call is None or call.state == "gone":
             return
+        self._gone(call)
+
+    def _gone(self, call: RoutedCall) -> None:
+        """The caller (or the task's customer) left: abandon, cancelled ring, or the end."""
+        call_id = call.call_id
         started = time.perf_counter()
         if call.state == "connected":
             self._end(call, started, "COMPLETECALLER")
@@ -479,6 +497,87 @@ class Router:
             f"agent/{agent}/state", {"event": "CallEnded", "call_id": call.call_id}
         )
         self._apply_deferred(agent)
+
+    # ------------------------------------------------------------------ non-voice tasks
+
+    def submit_task(
+        self,
+        task_id: str,
+        *,
+        queue: str,
+        requirement: str,
+        priority: int,
+        channel: str,
+        language: str = "",
+        payload: Mapping[str, Any] | None = None,
+    ) -> RoutedCall:
+        """A non-voice task (chat, sms, email, callback) enters the matcher at once. Raises
+        `AcdError` (InvalidEvent, a bad requirement or channel) before anything is queued."""
+        started = time.perf_counter()
+        if channel == VOICE:
+            raise InvalidEvent("voice calls enter through register() and call_waiting()")
+        if self.task_sink is None:
+            raise InvalidEvent("no task delivery is configured")
+        old = self.calls.get(task_id)
+        if old is not None and old.state != "gone":
+            raise InvalidEvent(f"task {task_id} is already with the ACD")
+        now = self.now()
+        call = RoutedCall(
+            task_id,
+            queue,
+            requirement,
+            acd_priority(priority),
+            language,
+            dict(payload or {}),
+            state="waiting",
+            registered_at=now,
+            queued_at=now,
+            kind=channel,
+        )
+        call.matcher_queue = self._matcher_queue(queue, requirement)
+        spec = CallSpec(task_id, call.matcher_queue, channel, call.priority)
+        self.calls[task_id] = call
+        try:
+            decisions = self.m.call_arrived(spec, now)
+        except AcdError:
+            del self.calls[task_id]
+            raise
+        self._emit(
+            "ENTERQUEUE", task_id, queue, priority=call.priority, language=language, channel=channel
+        )
+        self._apply(decisions, started)
+        return call
+
+    def _task(self, task_id: str) -> RoutedCall:
+        call = self.calls.get(task_id)
+        if call is None or call.kind == VOICE or call.state == "gone":
+            raise InvalidEvent(f"no task {task_id} with the ACD")
+        return call
+
+    def task_accepted(self, task_id: str, agent: str) -> None:
+        """The offered agent took the task (it is now 'on call' on its channel)."""
+        call = self._task(task_id)
+        if call.state != "ringing" or call.agent != agent:
+            raise InvalidEvent(f"task {task_id} is not offered to agent {agent}")
+        self.answered(task_id, agent)
+
+    def task_rejected(self, task_id: str, agent: str) -> None:
+        """The offered agent declined or did not accept in time: back to the head."""
+        call = self._task(task_id)
+        if call.state != "ringing" or call.agent != agent:
+            raise InvalidEvent(f"task {task_id} is not offered to agent {agent}")
+        self.dial_result(task_id, agent, "NOANSWER")
+
+    def task_done(self, task_id: str, agent: str) -> None:
+        """The agent finished the task: wrap-up starts on that channel."""
+        call = self._task(task_id)
+        if call.state != "connected" or call.agent != agent:
+            raise InvalidEvent(f"task {task_id} is not being worked by agent {agent}")
+        self._end(call, time.perf_counter(), "COMPLETEAGENT")
+
+    def task_cancelled(self, task_id: str) -> None:
+        """The customer withdrew the task (or it expired) before or while it was worked."""
+        self._gone(self._task(task_id))
 
     # ------------------------------------------------------------------ agents
 
@@ -704,6 +803,10 @@ class Router:
             call.guard = self._loop.call_later(
                 self.ring_timeout + self.guard_margin, self._guard_fired, call.call_id, offer.agent
             )
+        if call.kind != VOICE:
+            if self.task_sink is not None:
+                self.task_sink.offer(call, offer.agent)
+            return
         exten = entry.endpoint.split("/", 1)[1] if entry is not None else offer.agent
         if self.pop_sender is None:
             self.publisher.publish(topic, pop)
@@ -764,6 +867,10 @@ class Router:
         call.state = "gone"
         self._by_channel.pop(call.channel, None)
         self.calls.pop(call.call_id, None)
+        if call.kind != VOICE:
+            if self.task_sink is not None:
+                self.task_sink.dropped(call, f"overflow:{over.reason}")
+            return
         self.spawn(
             self._redirect(call.channel, OPERATORS, "s", started, None),
             f"acd-overflow-{call.call_id}",

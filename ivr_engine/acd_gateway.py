@@ -34,7 +34,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ import aiomqtt
 from acd.errors import AcdError
 from acd.roster import Roster
 from acd.router import Publisher, Router
+from ivr_engine.acd_extensions import Extension
 from ivr_engine.config import MqttSettings
 from ivr_engine.errors import ConfigError
 from ivr_engine.flow.channel import CallChannel
@@ -139,8 +140,12 @@ class AcdService:
         mqtt: MqttSettings | None,
         *,
         ring_timeout: float = 15.0,
+        extensions: Sequence[Extension] = (),
     ) -> None:
         self.roster_path = roster_path
+        self.extensions = tuple(extensions)
+        self.publisher = publisher
+        self.mqtt = mqtt
         try:
             roster = Roster.load(roster_path)
         except AcdError as exc:  # start-up: a configuration error, exit 2 with the file named
@@ -162,7 +167,9 @@ class AcdService:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[AcdService]:
-        async with self.router:
+        async with self.router, contextlib.AsyncExitStack() as extensions:
+            for extension in self.extensions:
+                await extensions.enter_async_context(extension(self))
             self.bridge.start()
             if self.bridge.ami_connected:  # connected before we subscribed: read state now
                 self.router.spawn(self.bridge.rebuild(), "acd-rebuild-contacts")

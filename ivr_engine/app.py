@@ -152,6 +152,7 @@ class Engine:
             # it ("" = asterisk-conf/agents.yaml); unset = the dialplan's app_queue as before.
             acd_roster = os.environ.get("IVR_ACD_ROSTER")
             if acd_roster is not None and self.ami is not None:
+                from ivr_engine.acd_extensions import EXTENSIONS
                 from ivr_engine.acd_gateway import AcdService
 
                 acd = AcdService(
@@ -159,6 +160,7 @@ class Engine:
                     self.ami,
                     self.notifier,
                     s.mqtt if s.mqtt.enabled else None,
+                    extensions=EXTENSIONS,
                 )
                 self.acd = await stack.enter_async_context(acd.running())
             # --- end ACD

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
+from acd.errors import InvalidEvent
 from acd.queue_events import QueueEvent
 from acd.router import Router
 from tests.unit.acd.test_router import make, register
@@ -102,3 +104,73 @@ async def test_a_failing_listener_never_stops_routing() -> None:
 def test_unknown_verbs_are_refused() -> None:
     with pytest.raises(ValueError, match="BOGUS"):
         QueueEvent(0.0, "BOGUS")
+
+
+TASK_ROSTER = """
+queues:
+  general: {wrapup: 0}
+agents:
+  "1008": {skills: {mandarin: 8, cards: 5}, channels: {voice: 1, chat: 2}}
+"""
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.offers: list[tuple[str, str]] = []
+        self.dropped: list[tuple[str, str]] = []
+
+    def offer(self, call: Any, agent: str) -> None:
+        self.offers.append((call.call_id, agent))
+
+    def dropped_(self, call: Any, reason: str) -> None:
+        self.dropped.append((call.call_id, reason))
+
+
+async def test_chat_tasks_share_the_matcher_and_respect_channel_capacity() -> None:
+    from acd.roster import Roster
+    from tests.unit.acd.test_router import FakePbx, FakePublisher
+
+    pbx = FakePbx()
+    router = Router(Roster.parse(TASK_ROSTER), pbx, FakePublisher(), ring_timeout=5)
+    sink = Sink()
+    async with router:
+        seen = listen(router)
+        with pytest.raises(InvalidEvent, match="no task delivery"):
+            router.submit_task(
+                "t0", queue="general", requirement="cards", priority=0, channel="chat"
+            )
+        router.task_sink = type("S", (), {"offer": sink.offer, "dropped": sink.dropped_})()
+        router.login("1008")
+        for n in range(3):
+            router.submit_task(
+                f"t{n + 1}",
+                queue="general",
+                requirement="cards",
+                priority=0,
+                channel="chat",
+                payload={"text": "hello"},
+            )
+        assert sink.offers == [("t1", "1008")]  # one offer at a time
+        router.task_accepted("t1", "1008")
+        assert sink.offers[-1] == ("t2", "1008")  # chat capacity 2: a second task
+        router.task_rejected("t2", "1008")  # declined: back to the head, offered again
+        assert sink.offers[-1] == ("t2", "1008") and len(sink.offers) == 3
+        router.task_accepted("t2", "1008")
+        router.task_done("t1", "1008")
+        assert sink.offers[-1] == ("t3", "1008")
+        router.task_cancelled("t3")
+        with pytest.raises(InvalidEvent):
+            router.task_done("t3", "1008")
+        with pytest.raises(InvalidEvent, match="voice"):
+            router.submit_task(
+                "v", queue="general", requirement="cards", priority=0, channel="voice"
+            )
+    assert [e.verb for e in seen if e.call_id == "t2"] == [
+        "ENTERQUEUE",
+        "RINGING",
+        "RINGNOANSWER",
+        "RINGING",
+        "CONNECT",
+    ]
+    assert [e.verb for e in seen if e.call_id == "t3"][-1] == "ABANDON"
+    assert not [c for c in pbx.commands if c[0] == "redirect"]  # no PBX command for a chat

@@ -1,0 +1,22 @@
+"""The parts of the ACD service that ride on the router: each is a factory that takes the
+running `AcdService` and returns an async context manager (started after the router, stopped
+before it). They see the router's queue events by appending to `service.router.listeners`
+(acd/queue_events.py), publish through `service.publisher`, and may set
+`service.router.task_sink` (non-voice tasks).
+
+The composition root (`app.py`) hands `EXTENSIONS` to every `AcdService` it builds. A module
+that adds one imports nothing from here; it is listed below, in start order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ivr_engine.acd_gateway import AcdService
+
+Extension = Callable[["AcdService"], AbstractAsyncContextManager[Any]]
+
+EXTENSIONS: list[Extension] = []
