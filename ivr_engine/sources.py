@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ivr_engine.agent_sources import build_agent_sources
 from ivr_engine.cif.masking import mask_value
 from ivr_engine.cif.model import CallerProfile, CardStatus
 from ivr_engine.cif.store import CifStore
@@ -130,8 +131,10 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         # A region the prompts cannot speak (a city outside the tables, or only "China")
         # would fail the greeting: greet without it instead. Load runs found ~1% such callers.
         region = str(fields["region"])
-        if catalogue is not None and region and not all(
-            catalogue.can_say("region", region, lang) for lang in ("cmn", "yue", "en")
+        if (
+            catalogue is not None
+            and region
+            and not all(catalogue.can_say("region", region, lang) for lang in ("cmn", "yue", "en"))
         ):
             log.info("caller's region is not in the speech tables; greeting without it")
             fields["region"] = ""
@@ -216,15 +219,17 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         target = str(params.get("to_account") or "")
         if not target.isdigit() or not 8 <= len(target) <= 24:
             raise SourceError("target account number is not valid")
-        ref = await store.debit(cid, _cents(params.get("amount")), kind="transfer",
-                                counterparty_last4=target[-4:])
+        ref = await store.debit(
+            cid, _cents(params.get("amount")), kind="transfer", counterparty_last4=target[-4:]
+        )
         ctx.record.event("transfer-done", reference=ref)
         return {"ok": True, "reference": ref}
 
     async def wealth_purchase(params: Mapping[str, object]) -> Mapping[str, object]:
         cid = _customer_id(params)
-        ref = await store.debit(cid, _cents(params.get("amount")), kind="wealth_purchase",
-                                counterparty_last4="")
+        ref = await store.debit(
+            cid, _cents(params.get("amount")), kind="wealth_purchase", counterparty_last4=""
+        )
         ctx.record.event("wealth-purchase-done", reference=ref)
         return {"ok": True, "reference": ref}
 
@@ -247,6 +252,7 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         "cif.transfer": transfer,
         "cif.wealth_purchase": wealth_purchase,
         "records.survey": survey,
+        **build_agent_sources(engine, ctx),
     }
 
 
@@ -282,8 +288,9 @@ class RecordAuditSink:
             call_id=entry.call_id,
             customer_id=self._ctx.customer_id,
         )
-        self._ctx.record.event("audited", operation=entry.operation, outcome=entry.outcome,
-                               seq=rec.seq)
+        self._ctx.record.event(
+            "audited", operation=entry.operation, outcome=entry.outcome, seq=rec.seq
+        )
 
 
 class RecordingQueueGateway:
