@@ -14,9 +14,11 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from ivr_engine.tasks import task_extension
+
 if TYPE_CHECKING:
     from ivr_engine.acd_gateway import AcdService
 
 Extension = Callable[["AcdService"], AbstractAsyncContextManager[Any]]
 
-EXTENSIONS: list[Extension] = []
+EXTENSIONS: list[Extension] = [task_extension]
