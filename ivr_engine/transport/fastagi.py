@@ -83,6 +83,13 @@ CLOSE_TIMEOUT = 2.0  # seconds to let a socket close politely before aborting it
 PROBE_TIMEOUT = 5.0  # CHANNEL STATUS after a -1 result, to tell "hung up" from "failed"
 REJECT_LIMIT = 64  # over-cap connections being told FAILURE at once; beyond, plain close
 REFUSAL_LOG_INTERVAL = 60.0  # one WARNING per refused address (or for the cap) per interval
+# Connections that have not sent their environment yet, apart from the calls in progress: a
+# real Asterisk sends it within milliseconds of connecting, so a few hundred is plenty at
+# 300 calls/s, and a flood of silent connections cannot take the calls' slots.
+MAX_PENDING = 256
+# The listen backlog. asyncio's default (100) overflows when Asterisk connects a few hundred
+# calls within one scheduling hiccup of the loop; the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 WITHHELD = "<withheld>"
 
 SessionHandler = Callable[["AgiSession"], Awaitable[None]]
@@ -143,6 +150,7 @@ class AgiSession:
         self._close_reason: AgiError | None = None
         self._hangup_logged = False
         self._dead = False  # a 511 reply: Asterisk runs the AGI in dead mode
+        self.evicted = False  # closed by the server before its environment came (max_pending)
 
     # -- what the handler can look at
 
@@ -296,6 +304,20 @@ class AgiSession:
         if isinstance(event, ConnectionClosed):
             return None
         raise AgiProtocolError(f"unexpected {type(event).__name__} before the environment")
+
+    def _evict(self) -> None:
+        """Before the environment: say FAILURE and close, without waiting (the server does
+        this from its accept callback). The task reading the environment then sees the end
+        of the stream and finishes."""
+        self.evicted = True
+        self._closed = True
+        if self._socket_closed:
+            return
+        try:
+            self._writer.write(FAILURE_LINE)
+        except (OSError, RuntimeError):
+            pass  # the transport is already closing: nothing to say it on
+        self._writer.close()
 
     async def _fail(self, reason: AgiError) -> None:
         self._close_reason = reason
@@ -547,28 +569,60 @@ async def _close_writer(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
 
 
-class _RefusalLog:
-    """One WARNING per key per interval; the rest at DEBUG, counted in the next WARNING."""
+class _WarningLimiter:
+    """At most one WARNING per key per interval, then one summary line.
+
+    The first occurrence of a key logs its own WARNING at once; later ones within the interval
+    go to DEBUG and are counted, and when the interval ends (a `call_later` timer, not the next
+    occurrence) one WARNING sums them up: "N more like this in the last 60s: ...". A flood of
+    ten thousand connections therefore writes two WARNING lines a minute, not ten thousand."""
 
     def __init__(self, interval: float, max_keys: int = 1024) -> None:
         self._interval = interval
         self._max_keys = max_keys
         self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._suppressed: dict[str, tuple[int, str, tuple[object, ...]]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def log(self, key: str, now: float, message: str, *args: object) -> None:
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            log.debug(message, *args)
+            count = self._suppressed.get(key, (0, message, args))[0] + 1
+            self._suppressed[key] = (count, message, args)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(message, *args)
+            if key not in self._timers:
+                self._timers[key] = asyncio.get_running_loop().call_at(
+                    last + self._interval, self._flush, key
+                )
             return
         if len(self._last) >= self._max_keys:
+            self.close()
             self._last.clear()
-            self._suppressed.clear()
         self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        suffix = f" ({more} more since the last warning)" if more else ""
-        log.warning(message + suffix, *args)
+        log.warning(message, *args)
+
+    def _flush(self, key: str) -> None:
+        self._timers.pop(key, None)
+        count, message, args = self._suppressed.pop(key, (0, "", ()))
+        if count:
+            log.warning(
+                "%d more like this in the last %.0fs; the latest: " + message,
+                count,
+                self._interval,
+                *args,
+            )
+            # Under a steady flood the summary is this interval's one line: the next
+            # occurrences are counted into the next summary.
+            self._last[key] = asyncio.get_running_loop().time()
+        else:
+            self._last.pop(key, None)  # quiet again: the next occurrence warns at once
+
+    def close(self) -> None:
+        """Write the pending summaries now and stop the timers (server shutdown)."""
+        for key, timer in list(self._timers.items()):
+            timer.cancel()
+            self._flush(key)
 
 
 def _parse_allow(allow: Iterable[str]) -> tuple[IpNetwork, ...]:
@@ -590,8 +644,13 @@ class FastAgiServer:
                      call id and the session is closed (Asterisk continues the dialplan)
     host, port       where to listen (port 0: any free port, see `port`)
     allow            peers allowed to connect: addresses or CIDR networks (loopback default)
-    max_sessions     concurrent calls; one more is closed at once and logged
+    max_sessions     concurrent calls (connections that sent their environment); one more is
+                     told FAILURE at once, so the dialplan falls back
+    max_pending      connections still to send their environment, counted apart from the
+                     calls: when one more comes, the OLDEST is closed (told FAILURE), so a
+                     flood of silent connections cannot keep a real call out
     header_timeout   seconds for a new connection to send its whole environment
+    backlog          the listen backlog (the kernel caps it at net.core.somaxconn)
     command_timeout  default seconds for a command's reply
     drain_timeout    on close(), seconds running calls may go on before they are cancelled
     """
@@ -604,14 +663,20 @@ class FastAgiServer:
         port: int = 4573,
         allow: Iterable[str] = ("127.0.0.0/8", "::1"),
         max_sessions: int = 2000,
+        max_pending: int = MAX_PENDING,
         header_timeout: float = 5.0,
         command_timeout: float = 30.0,
         drain_timeout: float = 20.0,
+        backlog: int = LISTEN_BACKLOG,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"port out of range: {port}", key="agi.port")
         if max_sessions < 1:
             raise ConfigError(f"must be at least 1, got {max_sessions}", key="agi.max_sessions")
+        if max_pending < 1:
+            raise ConfigError(f"must be at least 1, got {max_pending}", key="agi.max_pending")
+        if backlog < 1:
+            raise ConfigError(f"must be at least 1, got {backlog}", key="agi.backlog")
         for key, value in (
             ("header_timeout", header_timeout),
             ("command_timeout", command_timeout),
@@ -624,15 +689,20 @@ class FastAgiServer:
         self._port = port
         self._allow = _parse_allow(allow)
         self._max_sessions = max_sessions
+        self._max_pending = max_pending
+        self._backlog = backlog
         self._header_timeout = header_timeout
         self._command_timeout = command_timeout
         self._drain_timeout = drain_timeout
         self._server: asyncio.Server | None = None
+        # Every connection's task; `_pending` (insertion-ordered: oldest first) is the subset
+        # still waiting for its environment. Calls in progress = the difference.
         self._sessions: dict[asyncio.Task[None], AgiSession] = {}
+        self._pending: dict[asyncio.Task[None], AgiSession] = {}
         self._rejects: set[asyncio.Task[None]] = set()
         self._closing = False
         self._stopped = asyncio.Event()
-        self._refusals = _RefusalLog(REFUSAL_LOG_INTERVAL)
+        self._warnings = _WarningLimiter(REFUSAL_LOG_INTERVAL)
 
     @classmethod
     def from_settings(cls, handler: SessionHandler, settings: AgiSettings) -> FastAgiServer:
@@ -645,6 +715,9 @@ class FastAgiServer:
             header_timeout=settings.header_timeout,
             command_timeout=settings.command_timeout,
             drain_timeout=settings.drain_timeout,
+            # Optional in the settings (older settings files have neither).
+            max_pending=getattr(settings, "max_pending", MAX_PENDING),
+            backlog=getattr(settings, "backlog", LISTEN_BACKLOG),
         )
 
     # -- state
@@ -659,7 +732,13 @@ class FastAgiServer:
 
     @property
     def active_sessions(self) -> int:
-        return len(self._sessions)
+        """Calls in progress: connections that sent their environment and have not ended."""
+        return len(self._sessions) - len(self._pending)
+
+    @property
+    def pending_connections(self) -> int:
+        """Connections still to send their environment (at most `max_pending`)."""
+        return len(self._pending)
 
     @property
     def closing(self) -> bool:
@@ -675,7 +754,11 @@ class FastAgiServer:
             raise RuntimeError("FastAgiServer was closed; make a new one")
         try:
             self._server = await asyncio.start_server(
-                self._on_connect, self._host, self._port, reuse_address=True
+                self._on_connect,
+                self._host,
+                self._port,
+                reuse_address=True,
+                backlog=self._backlog,
             )
         except OSError as exc:
             raise ConfigError(
@@ -725,6 +808,7 @@ class FastAgiServer:
             if self._server is not None:
                 await self._server.wait_closed()
         finally:
+            self._warnings.close()
             self._stopped.set()
         log.info("FastAGI closed")
 
@@ -733,6 +817,7 @@ class FastAgiServer:
         if self._server is not None:
             self._server.close()
         await self._cancel(set(self._sessions) | self._rejects)
+        self._warnings.close()
         self._stopped.set()
 
     async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
@@ -777,18 +862,18 @@ class FastAgiServer:
         except ValueError:
             address = None
         if address is None or not self._allowed(address):
-            self._refusals.log(
+            self._warnings.log(
                 f"peer {host}", now, "FastAGI: refused connection from %s (not in agi.allow)", peer
             )
             writer.close()
             return
-        if len(self._sessions) >= self._max_sessions:
-            self._refusals.log(
+        if self.active_sessions >= self._max_sessions:
+            self._warnings.log(
                 "cap",
                 now,
                 "FastAGI: %d calls already running (agi.max_sessions); told %s FAILURE at "
                 "once so the dialplan falls back",
-                len(self._sessions),
+                self.active_sessions,
                 peer,
             )
             if len(self._rejects) >= REJECT_LIMIT:
@@ -800,12 +885,32 @@ class FastAgiServer:
             self._rejects.add(reject)
             reject.add_done_callback(self._reject_done)
             return
+        if len(self._pending) >= self._max_pending:
+            self._evict_oldest_pending(now)
         session = AgiSession(reader, writer, peer=peer, command_timeout=self._command_timeout)
         task = asyncio.get_running_loop().create_task(
             self._run_session(session), name=f"agi-peer-{peer}"
         )
         self._sessions[task] = session
+        self._pending[task] = session
         task.add_done_callback(self._session_done)
+
+    def _evict_oldest_pending(self, now: float) -> None:
+        """Make room for a new connection: the one that has waited longest without sending
+        its environment is told FAILURE and closed. A real Asterisk sends the environment as
+        it connects, so the oldest silent connection is almost surely not a call; if it is,
+        FAILURE sends the caller to the dialplan's fallback, not into silence."""
+        task, session = next(iter(self._pending.items()))
+        del self._pending[task]
+        self._warnings.log(
+            "pending-cap",
+            now,
+            "FastAGI: %d connections have not sent their environment (agi.max_pending); "
+            "closed the oldest, from %s",
+            self._max_pending,
+            session.peer,
+        )
+        session._evict()
 
     async def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Over the cap: "FAILURE" without reading the environment (AGISTATUS=FAILURE),
@@ -828,6 +933,7 @@ class FastAgiServer:
 
     def _session_done(self, task: asyncio.Task[None]) -> None:
         self._sessions.pop(task, None)
+        self._pending.pop(task, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("FastAGI session task %s failed: %r", task.get_name(), exc)
 
@@ -837,21 +943,42 @@ class FastAgiServer:
                 async with asyncio.timeout(self._header_timeout):
                     env = await session._read_environment()
             except TimeoutError:
-                log.warning(
+                if session.evicted:
+                    return
+                self._warnings.log(
+                    "header-timeout",
+                    asyncio.get_running_loop().time(),
                     "FastAGI: %s sent no complete environment within %.1fs; closed",
                     session.peer,
                     self._header_timeout,
                 )
                 return
             except AgiProtocolError as exc:
-                log.warning("FastAGI: %s: %s; closed", session.peer, exc)
+                if not session.evicted:
+                    log.warning("FastAGI: %s: %s; closed", session.peer, exc)
                 return
-            if env is None:
-                log.debug(
-                    "FastAGI: %s closed without sending anything (health check?)", session.peer
-                )
+            if env is None or session.evicted:
+                if not session.evicted:
+                    log.debug(
+                        "FastAGI: %s closed without sending anything (health check?)",
+                        session.peer,
+                    )
                 return
             task = asyncio.current_task()
+            if task is not None:
+                self._pending.pop(task, None)
+            if self.active_sessions > self._max_sessions:
+                # Calls that were pending when this one connected have started since.
+                self._warnings.log(
+                    "cap",
+                    asyncio.get_running_loop().time(),
+                    "FastAGI: %d calls already running (agi.max_sessions); told %s FAILURE at "
+                    "once so the dialplan falls back",
+                    self.active_sessions - 1,
+                    session.peer,
+                )
+                await session.end_with_failure()
+                return
             if task is not None:
                 task.set_name(f"agi-{env.uniqueid}")
             call_id_var.set(env.uniqueid)

@@ -555,9 +555,11 @@ async def test_refused_peer_is_closed_and_logged_once(caplog: pytest.LogCaptureF
             await ast.assert_closed_by_server()
             await ast.close()
     assert not called
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "refused connection from 127.0.0.1:" in warnings[0].getMessage()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # One at once, then (here at close, else when the interval ends) one summary line.
+    assert len(warnings) == 2, warnings
+    assert "refused connection from 127.0.0.1:" in warnings[0]
+    assert warnings[1].startswith("2 more like this in the last 60s; the latest: ")
 
 
 async def test_session_cap(caplog: pytest.LogCaptureFixture) -> None:
@@ -591,6 +593,121 @@ async def test_session_cap(caplog: pytest.LogCaptureFixture) -> None:
             await running.wait()
         await third.assert_closed_by_server()
         await third.close()
+
+
+async def test_silent_connections_do_not_take_call_slots_and_the_oldest_is_evicted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 8: connections that have not sent their environment have a cap of their own.
+    A flood of them neither counts against max_sessions nor keeps a real call out: past
+    max_pending the oldest silent one is told FAILURE and closed."""
+    served: list[str] = []
+
+    async def handler(session: AgiSession) -> None:
+        served.append(session.call_id)
+
+    async with serving(handler, max_sessions=1, max_pending=5, header_timeout=30.0) as server:
+        silent = [await FakeAsterisk.connect(server.port) for _ in range(5)]
+        await wait_until(lambda: server.pending_connections == 5, "5 pending")
+        assert server.active_sessions == 0  # silent connections are not calls
+        # Three more silent ones: the three oldest make room, told FAILURE then closed.
+        silent += [await FakeAsterisk.connect(server.port) for _ in range(3)]
+        for old in silent[:3]:
+            async with asyncio.timeout(IO_TIMEOUT):
+                assert await old.reader.read() == b"FAILURE\n"
+        await wait_until(lambda: server.pending_connections == 5, "still 5 pending")
+        # A real call gets through the full pending cap and through max_sessions=1.
+        call = await FakeAsterisk.connect(server.port)
+        await call.send(env_block(uniqueid="real.1"))
+        await call.assert_closed_by_server()
+        await call.close()
+        assert served == ["real.1"]
+        # The silent ones still open are the newest: the first of them was evicted by `call`.
+        async with asyncio.timeout(IO_TIMEOUT):
+            assert await silent[3].reader.read() == b"FAILURE\n"
+        for s in silent:
+            await s.close()
+        await wait_until(lambda: server.pending_connections == 0, "silent ones gone")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    evictions = [w for w in warnings if "agi.max_pending" in w]
+    assert len(evictions) == 2, warnings  # one at once, one summary, not one per eviction
+    assert evictions[1].startswith("3 more like this in the last 60s")
+    assert not [w for w in warnings if "agi.max_sessions" in w]
+
+
+async def test_header_timeouts_under_a_flood_log_one_line_then_one_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ivr_engine.transport.fastagi")
+
+    async def handler(session: AgiSession) -> None:
+        raise AssertionError("not reached")
+
+    async with serving(handler, header_timeout=0.2) as server:
+        flood = [await FakeAsterisk.connect(server.port) for _ in range(20)]
+        for conn in flood:
+            await conn.assert_closed_by_server()  # closed unread, no FAILURE: nothing came
+            await conn.close()
+        await wait_until(lambda: server.pending_connections == 0, "flood closed")
+        timeouts = [r for r in caplog.records if "sent no complete environment" in r.getMessage()]
+        assert sum(r.levelno == logging.WARNING for r in timeouts) == 1
+        assert sum(r.levelno == logging.DEBUG for r in timeouts) == 19
+    summary = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.getMessage().startswith("19 more like this")
+    ]
+    assert len(summary) == 1 and "sent no complete environment within 0.2s" in summary[0]
+
+
+async def test_warning_summary_comes_when_the_interval_ends(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary is written by a timer at the end of the interval, not by the next event,
+    and under a steady flood it is the interval's only line."""
+    monkeypatch.setattr("ivr_engine.transport.fastagi.REFUSAL_LOG_INTERVAL", 0.3)
+
+    async def handler(session: AgiSession) -> None:
+        raise AssertionError("not reached")
+
+    async with serving(handler, allow=("10.0.0.0/8",)) as server:
+        for _ in range(3):
+            conn = await FakeAsterisk.connect(server.port)
+            await conn.assert_closed_by_server()
+            await conn.close()
+        await asyncio.sleep(0.5)  # the interval ended while nothing happened
+        refused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(refused) == 2 and refused[1].startswith("2 more like this in the last 0s")
+        conn = await FakeAsterisk.connect(server.port)  # counted into the next summary
+        await conn.assert_closed_by_server()
+        await conn.close()
+        await asyncio.sleep(0.5)
+        refused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(refused) == 3 and refused[2].startswith("1 more like this")
+
+
+async def test_over_the_session_cap_when_the_environment_arrives_is_told_failure() -> None:
+    """Both connected while no call ran (both pending); the second's environment arrives
+    when the first already holds the one slot: FAILURE, the dialplan falls back."""
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def handler(session: AgiSession) -> None:
+        served.append(session.call_id)
+        await release.wait()
+
+    async with serving(handler, max_sessions=1) as server:
+        first = await FakeAsterisk.connect(server.port)
+        second = await FakeAsterisk.connect(server.port)
+        await wait_until(lambda: server.pending_connections == 2, "both pending")
+        await first.send(env_block(uniqueid="1.1"))
+        await wait_until(lambda: server.active_sessions == 1, "first running")
+        await second.send(env_block(uniqueid="1.2"))
+        await second.expect_failure()
+        release.set()
+        await first.assert_closed_by_server()
+        await first.close()
+    assert served == ["1.1"]
 
 
 # --------------------------------------------------------------------------- shutdown
@@ -661,7 +778,10 @@ async def test_serve_forever_returns_after_close_and_cancel_aborts() -> None:
     serve.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serve
-    await ast.assert_closed_by_server()
+    # The call was running (its environment read): cancelled, it says FAILURE, so the
+    # dialplan's fallback takes the caller.
+    async with asyncio.timeout(IO_TIMEOUT):
+        assert await ast.reader.read() == b"FAILURE\n"
     await ast.close()
     assert server.active_sessions == 0
 
@@ -687,6 +807,10 @@ async def test_from_settings_and_validation() -> None:
         FastAgiServer(handler, allow=("localhost",))
     with pytest.raises(ConfigError, match="agi.max_sessions"):
         FastAgiServer(handler, max_sessions=0)
+    with pytest.raises(ConfigError, match="agi.max_pending"):
+        FastAgiServer(handler, max_pending=0)
+    with pytest.raises(ConfigError, match="agi.backlog"):
+        FastAgiServer(handler, backlog=0)
     with pytest.raises(ConfigError, match="agi.header_timeout"):
         FastAgiServer(handler, header_timeout=0)
 
