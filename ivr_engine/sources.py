@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The languages a greeting may be spoken in (the hotline flow's `languages`).
+_LANGUAGES = ("cmn", "yue", "en")
+#: Flows the dialplan runs on a hotline caller's channel after the hotline flow (agent-sent
+#: confirmation, post-call survey): their call records are `<call id>+<flow>`.
+FOLLOW_ON_FLOWS = frozenset({"agent_confirm", "survey"})
+
 
 class Notifier(Protocol):
     def publish(
@@ -122,6 +128,11 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
     if cif is None or recorder is None:
         raise RuntimeError("engine not started")
     store: CifStore = cif
+    if ctx.record.flow_name in FOLLOW_ON_FLOWS and ctx.record.id == ctx.call_id:
+        # The same Asterisk channel (uniqueid) as the hotline call it follows: under the same
+        # id this record would replace the hotline call's record (an upsert). It gets its own.
+        ctx.record.id = f"{ctx.call_id}+{ctx.record.flow_name}"
+        ctx.record.event("follows", call=ctx.call_id)
 
     async def caller(params: Mapping[str, object]) -> Mapping[str, object]:
         number = str(params.get("number") or "")
@@ -134,10 +145,20 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         if (
             catalogue is not None
             and region
-            and not all(catalogue.can_say("region", region, lang) for lang in ("cmn", "yue", "en"))
+            and not all(catalogue.can_say("region", region, lang) for lang in _LANGUAGES)
         ):
             log.info("caller's region is not in the speech tables; greeting without it")
             fields["region"] = ""
+        # Likewise a surname outside the name tables (ivr_engine/prompts/names.py): the
+        # customer is greeted without it rather than hearing "technical difficulties".
+        surname = str(fields["surname"])
+        if (
+            catalogue is not None
+            and surname
+            and not all(catalogue.can_say("surname", surname, lang) for lang in _LANGUAGES)
+        ):
+            log.info("customer's surname is not in the speech tables; greeting without it")
+            fields["surname"] = ""
         accounts = await store.balance(profile.customer.id) if profile.customer else []
         if accounts:
             fields["account_last4"] = accounts[0].masked[-4:]
@@ -148,7 +169,8 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         r.language = str(profile.language)
         if profile.customer is not None:
             ctx.customer_id = profile.customer.id
-            await store.record_call(profile.customer.id)
+            # noted now, written in the background: the greeting never waits on a write
+            store.count_call(profile.customer.id)
         r.event(
             "caller-identified",
             known=profile.known,
@@ -233,6 +255,30 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         ctx.record.event("wealth-purchase-done", reference=ref)
         return {"ok": True, "reference": ref}
 
+    async def confirm_request(params: Mapping[str, object]) -> Mapping[str, object]:
+        # The operation an agent sent this caller to confirm (ivr_engine/agent_confirm.py):
+        # held by the daemon, not read from channel variables, and only its last 4 digits.
+        from ivr_engine.agent_confirm import pending_for
+
+        pending = pending_for(engine.acd, str(params.get("call_id") or ""))
+        if pending is None:
+            raise SourceError("no agent-sent operation is waiting on this call")
+        request = pending.request
+        if pending.customer_id.isdigit():
+            ctx.customer_id = int(pending.customer_id)
+            ctx.record.customer_id = ctx.customer_id
+        ctx.record.language = pending.language
+        ctx.record.event(
+            "agent-confirm", agent=request.agent, request=request.id, operation=request.operation
+        )
+        return {
+            "operation": request.operation,
+            "customer_id": pending.customer_id,
+            "amount": request.amount,
+            "account_last4": request.account_last4,
+            "language": pending.language,
+        }
+
     async def survey(params: Mapping[str, object]) -> Mapping[str, object]:
         score = int(str(params.get("score") or 0))
         if not 1 <= score <= 5:
@@ -252,6 +298,7 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         "cif.transfer": transfer,
         "cif.wealth_purchase": wealth_purchase,
         "records.survey": survey,
+        "agent.confirm_request": confirm_request,
         **build_agent_sources(engine, ctx),
     }
 

@@ -26,6 +26,7 @@ Design notes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -43,6 +44,7 @@ from typing import Any
 import aiosqlite
 
 from ivr_engine.cif import schema
+from ivr_engine.cif.counts import CallCounts
 from ivr_engine.cif.errors import (
     CardStateError,
     CifError,
@@ -279,10 +281,38 @@ def _load_pan_key(db_path: Path) -> bytes:
     return key
 
 
+async def _connect(
+    path: Path, busy_timeout: float, *, query_only: bool = False
+) -> aiosqlite.Connection:
+    """A further connection to a CIF file `open_database` has already migrated."""
+    db = await aiosqlite.connect(str(path), timeout=busy_timeout, isolation_level=None)
+    try:
+        db.row_factory = sqlite3.Row
+        async with store_errors(f"CIF store {path}: cannot set up"):
+            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            await db.execute("PRAGMA foreign_keys = ON")
+            if query_only:
+                await db.execute("PRAGMA query_only = ON")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
 # --- the store --------------------------------------------------------------------------------
 
 
 class CifStore(SqliteStore):
+    """The CIF on one SQLite file, over three connections (each is one aiosqlite thread, and a
+    statement waiting on SQLite's busy timeout holds its thread):
+
+    - `_reader` (query_only) answers the caller lookup (`profile`, `balance`): in WAL mode a
+      reader never waits on a writer, so a locked database cannot delay a greeting;
+    - `_db` does everything else, reads and writes of the self-services;
+    - the call counts' own connection (opened by their writer task when first needed) writes
+      today's call counts in the background (`count_call`, `ivr_engine.cif.counts`).
+    """
+
     def __init__(
         self,
         db: aiosqlite.Connection,
@@ -292,14 +322,20 @@ class CifStore(SqliteStore):
         bank_province: str = "Beijing",
         tz: dt.tzinfo = CHINA_TZ,
         read_timeout: float = 2.0,
+        reader: aiosqlite.Connection | None = None,
+        busy_timeout: float = 5.0,
     ) -> None:
         self._db = db
+        self._reader = reader or db
         self.path = path
         self._pan_key = pan_key
         self.bank_province = normalise_province(bank_province) or bank_province
         self._tz = tz
         self._write_lock = asyncio.Lock()
         self.read_timeout = read_timeout
+        self._busy_timeout = busy_timeout
+        self._counts_db: aiosqlite.Connection | None = None
+        self.counts = CallCounts(self._write_counts)
 
     @classmethod
     async def open(
@@ -314,15 +350,30 @@ class CifStore(SqliteStore):
     ) -> CifStore:
         p = Path(path)
         db = await open_database(p, schema.COMPONENT, schema.MIGRATIONS, busy_timeout=busy_timeout)
+        reader: aiosqlite.Connection | None = None
         try:
             key = pan_key if pan_key is not None else await asyncio.to_thread(_load_pan_key, p)
+            reader = await _connect(p, busy_timeout, query_only=True)
         except BaseException:
+            if reader is not None:
+                await reader.close()
             await db.close()
             raise
         return cls(
             db, path=p, pan_key=key, bank_province=bank_province, tz=tz,
-            read_timeout=read_timeout,
+            read_timeout=read_timeout, reader=reader, busy_timeout=busy_timeout,
         )
+
+    async def close(self) -> None:
+        """Write the call counts still buffered (bounded by the busy timeout), then close."""
+        try:
+            await self.counts.aclose(flush_timeout=self._busy_timeout + 1.0)
+        finally:
+            for conn in (self._counts_db, self._reader if self._reader is not self._db else None):
+                if conn is not None:
+                    await conn.close()
+            self._counts_db = None
+            await self._db.close()
 
     def today(self) -> dt.date:
         return dt.datetime.now(self._tz).date()
@@ -342,14 +393,20 @@ class CifStore(SqliteStore):
             try:
                 async with asyncio.timeout(self.read_timeout), store_errors("CIF lookup"):
                     # execute_fetchall: one hop to the database thread instead of three.
-                    rows = await self._db.execute_fetchall(_LOOKUP_SQL, (day_s, e164))
+                    rows = await self._reader.execute_fetchall(_LOOKUP_SQL, (day_s, e164))
             except TimeoutError:
                 raise StoreError(f"CIF lookup: no answer within {self.read_timeout}s") from None
             row = next(iter(rows), None)
         masked = mask_caller(e164 or number)
         if row is None:
             return self._unknown(masked, region)
-        return self._from_row(row, masked, region)
+        found = self._from_row(row, masked, region)
+        if found.customer is not None and e164 is not None:
+            # calls noted but not yet written (a locked database) count as well
+            unwritten = self.counts.pending(found.customer.id, day_s)
+            if unwritten:
+                found = dataclasses.replace(found, calls_today=found.calls_today + unwritten)
+        return found
 
     async def safe_profile(
         self, number: str | None, *, day: dt.date | None = None
@@ -487,7 +544,7 @@ class CifStore(SqliteStore):
 
     async def balance(self, customer_id: int) -> list[Account]:
         async with store_errors("CIF balance"):
-            async with self._db.execute(
+            async with self._reader.execute(
                 "SELECT id, kind, masked, currency, balance_cents, eod_balance_cents"
                 " FROM accounts WHERE customer_id = ? ORDER BY id",
                 (customer_id,),
@@ -652,8 +709,39 @@ class CifStore(SqliteStore):
 
     # --- calls today -------------------------------------------------------------------------
 
+    def count_call(self, customer_id: int, day: dt.date | None = None) -> None:
+        """Count one more call today, without waiting: written in the background (a caller's
+        lookup never waits on a write); `profile()` includes it at once."""
+        self.counts.add(customer_id, (day or self.today()).isoformat())
+
+    async def _write_counts(self, rows: list[tuple[int, str, int]]) -> None:
+        """CallCounts' writer: one transaction on the counts' own connection. A row for a
+        customer that no longer exists is dropped (logged), not retried for ever."""
+        async with store_errors("CIF call counts"):
+            if self._counts_db is None:
+                self._counts_db = await _connect(self.path, self._busy_timeout)
+            db = self._counts_db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for customer_id, day, n in rows:
+                    try:
+                        await db.execute(
+                            "INSERT INTO call_counts (customer_id, day, count) VALUES (?, ?, ?)"
+                            " ON CONFLICT (customer_id, day) DO UPDATE SET count = count + ?",
+                            (customer_id, day, n, n),
+                        )
+                    except sqlite3.IntegrityError:
+                        log.warning("call count of unknown customer %d dropped", customer_id)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(Exception):
+                        await db.execute("ROLLBACK")
+                raise
+
     async def record_call(self, customer_id: int, day: dt.date | None = None) -> int:
-        """Count one more call today for the customer; returns the new count."""
+        """Count one more call today for the customer, now; returns the new count (CLI and
+        tools; a call in progress uses `count_call`)."""
         async with self._write_lock, store_errors("CIF call count"):
             try:
                 async with self._db.execute(

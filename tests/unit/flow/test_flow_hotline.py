@@ -99,6 +99,24 @@ def test_bill_window_is_the_peak_days_or_near_the_callers_due_date(
     assert ("bill_statement" in [e["prompt"] for e in t.of("prompt")]) is announced
 
 
+def test_surname_the_prompts_cannot_speak_is_greeted_without_it(
+    catalogue: PromptCatalogue,
+) -> None:
+    # sources.py hands the flow surname "" for a name outside the speech tables
+    t, _, _ = call(catalogue, "13900000011", "0")
+    said = [e["prompt"] for e in t.of("prompt")]
+    assert said[:2] == ["welcome", "region_announce"], said
+    assert "technical_difficulty" not in said and "greeting_name_region" not in said
+    assert t.outcome is not None and t.outcome.kind == "queue"
+    assert t.outcome.detail["queue"] == "general" and t.outcome.detail["priority"] == "5"
+    # a VIP still takes the green channel, without the name
+    t, _, _ = call(catalogue, "13900000012", "")
+    said = [e["prompt"] for e in t.of("prompt")]
+    assert said == ["welcome", "vip_line"]
+    assert t.outcome is not None and t.outcome.detail["queue"] == "vip"
+    assert "menu" not in [e["kind"] for e in t.of("node")]
+
+
 def test_unknown_shenzhen_landline_gets_cantonese(catalogue: PromptCatalogue) -> None:
     t, _, _ = call(catalogue, "075582345678", "0")
     said = [e["prompt"] for e in t.of("prompt")]
@@ -267,6 +285,30 @@ def test_agent_sent_confirmation(catalogue: PromptCatalogue, script: str, result
     expected = {"confirmed": "confirmed", "reenter": "re-enter", "cancelled": "cancelled:silence"}
     assert [a.outcome for a in audit.entries] == [expected[result]]
     assert audit.entries[0].details["by"] == "agent"
+
+
+@pytest.mark.parametrize(("script", "result"), [("1", "confirmed"), ("t", "cancelled")])
+def test_agent_sent_confirmation_run_by_the_dialplan_asks_the_daemon(
+    catalogue: PromptCatalogue, script: str, result: str
+) -> None:
+    # AGI(.../agent_confirm) passes no parameters: the flow asks agent.confirm_request for the
+    # operation the agent sent, and speaks the caller's language (Chen: Cantonese).
+    t, ch, audit = try_flow(
+        flows_dir=FLOWS,
+        flow="agent_confirm",
+        caller="13926000001",
+        script=script,
+        data=DATA,
+        catalogue=catalogue,
+    )
+    readback = next(e for e in t.of("prompt") if e["prompt"] == "transfer_readback")
+    text = readback["text"].replace(" ", "")
+    assert "轉賬五千元" in text and "一二三四" in text, text  # Cantonese, account last 4
+    assert ch.variables["IVR_CONFIRM"] == result
+    assert [(a.operation, a.details["target"], a.details["by"]) for a in audit.entries] == [
+        ("transfer", "****1234", "agent")
+    ]
+    assert t.outcome is not None and t.outcome.kind == "return"
 
 
 _entries = st.one_of(
