@@ -14,6 +14,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from ivr_engine.acd_stats import acd_stats_extension
+from ivr_engine.queue_log import queue_log_extension
 from ivr_engine.tasks import task_extension
 
 if TYPE_CHECKING:
@@ -22,3 +24,4 @@ if TYPE_CHECKING:
 Extension = Callable[["AcdService"], AbstractAsyncContextManager[Any]]
 
 EXTENSIONS: list[Extension] = [task_extension]
+EXTENSIONS += [queue_log_extension, acd_stats_extension]  # queue_log, then live statistics

@@ -223,7 +223,8 @@ class QueueLogWriter:
     """A router listener that buffers queue events and writes them in batches.
 
     ```
-    async with QueueLogWriter(lambda: QueueLog.open(path)) as writer:  # task "queue-log-writer"
+    # A short flush on shutdown: the call records flush too, and SIGTERM has a drain deadline.
+    async with QueueLogWriter(lambda: QueueLog.open(path), flush_timeout=5.0) as writer:  # task "queue-log-writer"
         router.listeners.append(writer)                                 # sync, never raises
     ```
     The store is opened by the writer task (and re-opened after a failed open), so a file that
@@ -389,7 +390,8 @@ def store_path(service: AcdService) -> Path:
 async def queue_log_extension(service: AcdService) -> AsyncIterator[QueueLogWriter]:
     """The AcdService extension: the writer runs while the ACD runs."""
     path = store_path(service)
-    async with QueueLogWriter(lambda: QueueLog.open(path)) as writer:
+    # A short flush on shutdown: the call records flush too, and SIGTERM has a drain deadline.
+    async with QueueLogWriter(lambda: QueueLog.open(path), flush_timeout=5.0) as writer:
         service.router.listeners.append(writer)
         log.info("queue log: writing to %s", path)
         try:
