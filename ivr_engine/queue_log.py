@@ -223,8 +223,7 @@ class QueueLogWriter:
     """A router listener that buffers queue events and writes them in batches.
 
     ```
-    # A short flush on shutdown: the call records flush too, and SIGTERM has a drain deadline.
-    async with QueueLogWriter(lambda: QueueLog.open(path), flush_timeout=5.0) as writer:  # task "queue-log-writer"
+    async with QueueLogWriter(lambda: QueueLog.open(path)) as writer:  # task "queue-log-writer"
         router.listeners.append(writer)                                 # sync, never raises
     ```
     The store is opened by the writer task (and re-opened after a failed open), so a file that
