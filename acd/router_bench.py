@@ -282,22 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.agents, args.waiting, args.events, args.rtt_ms / 1000, args.seed))
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(
+    print(json.dumps(result, indent=2) if args.json else report(result))
+    return 0
+
+
+def report(result: Mapping[str, Any]) -> str:
+    """The result of `run` as the table `ivr-engine acd latency` prints."""
+    lines = [
         f"router decision latency: {result['agents']} agents, "
         f"{result['waiting_at_end']} waiting calls at the end "
         f"({result['busy_after_fill']} agents on a call after the fill, {result['fill_seconds']}s),"
         f" simulated AMI round trip {result['rtt_ms']:g} ms "
-        f"(measured p50 {result['rtt_measured_p50_ms']} ms)"
-    )
-    print(
+        f"(measured p50 {result['rtt_measured_p50_ms']} ms)",
         f"{'event':<12} {'n':>5} {'issued p50':>11} {'p99':>8} {'acked p50':>10} {'p99':>8} "
-        f"{'matcher p50':>12} {'p99':>8}  ms"
-    )
+        f"{'matcher p50':>12} {'p99':>8}  ms",
+    ]
     for kind, e in result["events"].items():
-        print(
+        lines.append(
             f"{kind:<12} {e['n']:>5} {e['issued_p50_ms']:>11.3f} {e['issued_p99_ms']:>8.3f} "
             f"{e['acked_p50_ms']:>10.3f} {e['acked_p99_ms']:>8.3f} "
             f"{e['matcher_p50_ms']:>12.4f} {e['matcher_p99_ms']:>8.4f}"
@@ -305,12 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     ready = result["events"]["agent-ready"]
     ref = result["app_queue_reference_ms"]
     if ready["acked_p99_ms"] > 0:
-        print(
+        lines.append(
             f"agent ready -> Redirect acknowledged p99 {ready['acked_p99_ms']:.2f} ms: "
             f"{ref['p99'] / ready['acked_p99_ms']:.0f}x below app_queue's {ref['p99']} ms p99 "
             f"(issue 6 reference; p50 {ref['p50'] / max(ready['acked_p50_ms'], 1e-9):.0f}x)"
         )
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

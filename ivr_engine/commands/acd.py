@@ -1,4 +1,8 @@
-"""`ivr-engine acd simulate` and `ivr-engine acd bench`: the ACD core without telephony."""
+"""`ivr-engine acd simulate|bench|latency`: the ACD core without telephony.
+
+`latency` runs `acd/router_bench.py`: the router's decision latency (asyncio loop, timers, one
+task per PBX command, a simulated AMI round trip) with 2,000 agents and 1,000 waiting calls.
+"""
 
 from __future__ import annotations
 
@@ -100,6 +104,26 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if result["summary"]["identical"] else 1
 
 
+def _latency(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from acd import router_bench
+
+    if args.agents < 10:
+        raise ConfigError("--agents must be >= 10", source="command line")
+    if args.waiting < 1:
+        raise ConfigError("--waiting must be >= 1", source="command line")
+    if args.events < 2:
+        raise ConfigError("--events must be >= 2", source="command line")
+    if not 0 <= args.rtt_ms <= 1000:
+        raise ConfigError("--rtt-ms must be 0..1000", source="command line")
+    result = asyncio.run(
+        router_bench.run(args.agents, args.waiting, args.events, args.rtt_ms / 1000, args.seed)
+    )
+    print(json.dumps(result, indent=2) if args.json else router_bench.report(result))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from acd.model import Strategy
 
@@ -122,3 +146,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--quick", action="store_true", help="shorter traces (a smoke run)")
     b.add_argument("--seed", type=int, default=20261125)
     b.set_defaults(func=_bench)
+    lat = cmds.add_parser(
+        "latency",
+        help="router decision latency (event in -> Redirect) with agents busy and calls waiting",
+    )
+    lat.add_argument("--agents", type=int, default=2000)
+    lat.add_argument("--waiting", type=int, default=1000, help="calls kept waiting")
+    lat.add_argument("--events", type=int, default=2000, help="measured events (half each kind)")
+    lat.add_argument("--rtt-ms", type=float, default=1.0, help="simulated AMI round trip")
+    lat.add_argument("--seed", type=int, default=7)
+    lat.add_argument("--json", action="store_true")
+    lat.set_defaults(func=_latency)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 from typing import Any
 
 import pytest
@@ -14,10 +15,13 @@ from ivr_engine import cli
 
 
 def test_small_trace_is_identical_and_well_formed() -> None:
-    result = bench.measure(300, steady=3_000, ref_events=1_500, seed=5)
+    result = bench.measure(300, steady=3_000, ref_events=1_500, seed=5, repeats=2)
     assert result["reference"]["identical"] is True
+    assert result["replay_identical"] is True
     assert result["reference"]["events_compared"] == 1_500
     assert result["events_measured"] == 3_000
+    assert len(result["each_replay"]) == 2 and result["replays"] == 2
+    assert result["decisions_per_s"] > 0 and result["p99_us"] >= result["p50_us"] > 0
     mix = result["event_mix"]
     # Both directions and the messy events are in the trace.
     for method in ("call_arrived", "answered", "call_ended", "timer_fired", "hung_up"):
@@ -32,6 +36,26 @@ def test_replay_detects_a_divergent_trace() -> None:
     trace.decisions[i] = []  # pretend the heap matcher had decided nothing here
     identical, _, _, mismatch = bench.replay_reference(trace, len(trace.events))
     assert identical is False and mismatch is not None
+
+
+def test_timed_replay_detects_a_divergent_trace() -> None:
+    """The timed replay checks its decisions against the recording (the matcher is
+    deterministic): a changed decision is reported, with the event."""
+    trace = bench.generate(100, 500, seed=9)
+    assert bench.replay_timed(trace).identical is True
+    i = next(i for i, d in enumerate(trace.decisions) if d and i >= trace.warm_events)
+    trace.decisions[i] = []
+    replay = bench.replay_timed(trace)
+    assert replay.identical is False
+    assert replay.mismatch is not None and f"event {i} " in replay.mismatch
+
+
+def test_warm_up_burst_leaves_no_backlog() -> None:
+    """The burst that fills the centre is spread like the agents' skills: when measuring
+    starts, calls wait in proportion to the centre's size (not a backlog of the burst)."""
+    trace = bench.generate(2_000, 2_000, seed=3)
+    assert trace.end_state["waiting_calls"] < 0.05 * 2_000
+    assert trace.end_state["agents"]["on-call"] > 0.7 * 2_000
 
 
 def test_matcher_leaves_no_cyclic_garbage() -> None:
@@ -88,3 +112,29 @@ def test_cli_simulate_rejects_a_bad_strategy(capsys: pytest.CaptureFixture[str])
         cli.main(["acd", "simulate", "--strategy", "fastest"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_latency_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(
+        ["acd", "latency", "--agents", "200", "--waiting", "40", "--events", "60", "--json"]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    # the backlog is kept near its target: a freed agent takes one, a new caller joins
+    assert result["agents"] == 200 and 30 <= result["waiting_at_end"] <= 40
+    for kind in ("agent-ready", "call-queued"):
+        e = result["events"][kind]
+        assert e["n"] > 0, kind
+        # issued includes the screen pop's simulated round trip; acked adds the Redirect's
+        assert e["issued_p50_ms"] >= result["rtt_ms"] * 0.9
+        assert e["acked_p50_ms"] > e["issued_p50_ms"]
+        assert 0 < e["matcher_p50_ms"] < e["issued_p50_ms"]
+
+
+def test_cli_latency_text_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["acd", "latency", "--agents", "100", "--waiting", "10", "--events", "20"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^router decision latency: 100 agents, \d+ waiting calls", out)
+    assert "agent-ready" in out and "call-queued" in out
+    assert cli.main(["acd", "latency", "--agents", "3"]) == 2
+    assert "--agents must be >= 10" in capsys.readouterr().err
