@@ -153,7 +153,8 @@ class _GuardedProtocol(AMIProtocol):  # type: ignore[misc]
         # Events that arrive with the Login reply (FullyBooted does) wait here, so that
         # subscribers see AmiConnected first.
         self.early_events: list[AmiEvent] = []
-        self.framer = AmiFramer()
+        # Events no subscriber wants are dropped before they are parsed.
+        self.framer = AmiFramer(wants_event=client._wants_event)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -833,6 +834,11 @@ class AmiClient:
                 callback(event)
             except Exception:
                 log.exception("AMI subscriber %r failed on a %s event", callback, event.name)
+
+    def _wants_event(self, name: str) -> bool:
+        """Does any subscriber (by name or "*") take events called `name`?"""
+        subscribers = self._subscribers
+        return bool(subscribers.get(name.lower()) or subscribers.get("*"))
 
     def subscribe(self, name: str, callback: EventCallback) -> Callable[[], None]:
         """Call `callback(event)` for every event called `name` (case-insensitive), or for

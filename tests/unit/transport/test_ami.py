@@ -27,6 +27,7 @@ from ivr_engine.errors import AmiActionError, AmiDisconnected, AmiError, AmiLogi
 from ivr_engine.protocol.ami import (
     AmiEncodingError,
     AmiEvent,
+    AmiFrame,
     AmiFramer,
     AmiProtocolError,
     AmiResponse,
@@ -782,3 +783,60 @@ async def test_connect_twice_and_after_close_are_errors(fake: FakeAmi) -> None:
         await client.connect()
     with contextlib.suppress(AmiDisconnected):
         await client.action({"Action": "Ping"})
+
+
+# --- events nobody wants are not parsed ----------------------------------------------------
+
+
+def test_framer_drops_events_nobody_wants_before_parsing_them() -> None:
+    wanted = {"hangup"}
+    framer = AmiFramer(wants_event=lambda name: name.lower() in wanted)
+    data = (
+        b"Asterisk Call Manager/9.0.0\r\n"
+        + frame(("Event", "Newexten"), ("Channel", "PJSIP/c-1"), ("Application", "NoOp"))
+        + frame(("Event", "Hangup"), ("Channel", "PJSIP/c-1"), ("Cause", "16"))
+        + frame(("Event", "VarSet"), ("Variable", "IVR_NEXT"), ("Value", "hangup"))
+        # a list action's event and an OriginateResponse carry the ActionID: always kept
+        + frame(("Event", "CoreShowChannel"), ("ActionID", "a-1"), ("Channel", "PJSIP/c-2"))
+        + frame(("Event", "OriginateResponse"), ("ActionID", "a-2"), ("Response", "Failure"))
+        + frame(("Response", "Success"), ("ActionID", "a-3"), ("Message", "ok"))
+    )
+    frames = [f for i in range(0, len(data), 7) for f in framer.feed(data[i : i + 7])]
+    assert [f.event or f.response for f in frames] == [
+        "Hangup", "CoreShowChannel", "OriginateResponse", "Success",
+    ]  # fmt: skip
+    assert framer.skipped == 2
+    # Without the predicate every frame is parsed, as before.
+    assert len(AmiFramer().feed(data)) == 6
+
+
+async def test_client_parses_only_subscribed_events_and_star_takes_all(
+    fake: FakeAmi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ivr_engine.protocol.ami as ami_protocol
+
+    parsed: list[str] = []
+    real_parse = ami_protocol.parse_frame
+
+    def counting_parse(text: str) -> AmiFrame:
+        result = real_parse(text)
+        parsed.append(result.event or result.response)
+        return result
+
+    monkeypatch.setattr(ami_protocol, "parse_frame", counting_parse)
+    noise = frame(("Event", "Newstate"), ("Channel", "PJSIP/c-1")) * 50
+    async with AmiClient(settings(fake.port)) as client:
+        rec = Recorder()
+        client.subscribe("Hangup", rec)
+        await fake.push(noise + frame(("Event", "Hangup"), ("Channel", "PJSIP/c-1")))
+        hangup = await rec.next("Hangup")
+        assert isinstance(hangup, Hangup) and hangup.channel == "PJSIP/c-1"
+        assert "Newstate" not in parsed and rec.names() == ["Hangup"]
+        everything = Recorder()
+        unsubscribe = client.subscribe("*", everything)
+        await fake.push(frame(("Event", "Newstate"), ("Channel", "PJSIP/c-2")))
+        assert (await everything.next("Newstate")).fields["Channel"] == "PJSIP/c-2"
+        unsubscribe()
+        await fake.push(noise + frame(("Event", "Hangup"), ("Channel", "PJSIP/c-3")))
+        await rec.next("Hangup")
+        assert parsed.count("Newstate") == 1  # only while "*" was subscribed
