@@ -90,6 +90,7 @@ STRATEGY_CODE = {
 NO_ANSWER_REASON = "no-answer"
 MIN_COMPACT = 64  # a heap is compacted when it grows past max(this, 2 x its live size)
 INBOX_MIN = 256  # a slot's inbox is compacted when it grows past max(this, 2 x live)
+STALE_POPS = 32  # stale heads popped in one query before the whole heap is compacted instead
 
 Kind = tuple[int, tuple[str, ...]]
 
@@ -209,10 +210,10 @@ class _Queue:
 
 class _Agent:
     __slots__ = (
-        "id", "idx", "spec", "skills", "capacity", "channels", "shared", "load", "total",
+        "id", "idx", "spec", "skills", "capacity", "channels", "shared", "load", "excl", "total",
         "state", "reason", "offer", "avail_since", "busy_time", "busy_start",
         "login_time", "handled", "last_offer", "misses", "wrap_epoch", "reqs", "occ",
-        "slots", "call_heaps",
+        "slots", "call_heaps", "all_slots", "all_heaps",
     )  # fmt: skip
 
     def __init__(self, spec: AgentSpec, idx: int):
@@ -238,12 +239,21 @@ class _Agent:
         self.capacity = dict(spec.capacity)
         self.channels = tuple(sorted(self.capacity))
         self.shared = tuple(c for c in self.channels if c not in EXCLUSIVE_CHANNELS)
-        self.load = dict.fromkeys(self.channels, 0)
+        # Work in progress per shared channel; exclusive work (at most one call: it is offered
+        # only to an agent with no work) is `excl`, its channel, kept on the agent itself so
+        # that answering and ending a voice call touch no other object.
+        self.load = dict.fromkeys(self.shared, 0)
+        self.excl: str | None = None
         self.total = 0
         self.reqs: list[_Req] = []
         self.slots: dict[str, list[_Slot]] = {}
         # channel -> the call heaps of the requirements the agent satisfies
         self.call_heaps: dict[str, list[_Heap]] = {}
+        # The same over every channel, flat: what a READY agent (all channels free) looks at.
+        # One tuple instead of a dict of lists: fewer objects touched per event, which is what
+        # an event costs once the centre no longer fits in the CPU's caches.
+        self.all_slots: tuple[_Slot, ...] = ()
+        self.all_heaps: tuple[_Heap, ...] = ()
 
 
 class _Call:
@@ -310,6 +320,8 @@ class Matcher:
         # the list slot without touching the int objects.
         self._vers: list[int] = []
         self._calls: dict[str, _Call] = {}
+        # Waiting calls by sequence (what a call heap entry names). Only waiting calls: most
+        # calls never wait, and a small index stays in the caches.
         self._by_seq: dict[int, _Call] = {}
         # Waiting calls: sequence -> the one live heap entry (checked by identity).
         self._live: dict[int, tuple[int, float, int]] = {}
@@ -512,6 +524,8 @@ class Matcher:
         call_heap = self._call_heap
         ag.slots = {c: [slot(key, kinds, c) for key, kinds in joined] for c in channels}
         ag.call_heaps = {c: [call_heap(req, c) for req in ag.reqs] for c in channels}
+        ag.all_slots = tuple(s for c in channels for s in ag.slots[c])
+        ag.all_heaps = tuple(h for c in channels for h in ag.call_heaps[c])
 
     def _call_heap(self, req: _Req, channel: str) -> _Heap:
         heap = req.calls.get(channel)
@@ -551,10 +565,9 @@ class Matcher:
         if state is READY:
             return ag.channels
         if state is ON_CALL and ag.shared:
+            if ag.excl is not None:
+                return ()
             load = ag.load
-            for c in ag.channels:
-                if c in EXCLUSIVE_CHANNELS and load[c]:
-                    return ()
             cap = ag.capacity
             return tuple(c for c in ag.shared if load[c] < cap[c])
         return ()
@@ -569,29 +582,31 @@ class Matcher:
             busy = ag.busy_time + (now - ag.busy_start if ag.total else 0.0)
             ag.occ = busy / span if span > 0 else 0.0
         item = (ag.avail_since, idx, vers[idx], ag.occ, ag.handled, ag.last_offer)
-        slots = ag.slots
+        if chans is ag.channels:
+            slots: Iterable[_Slot] = ag.all_slots
+        else:
+            by_channel = ag.slots
+            slots = [slot for c in chans for slot in by_channel[c]]
         if item > self._last_item:  # the common case: inboxes stay sorted
             self._last_item = item
-            for c in chans:
-                for slot in slots[c]:
-                    inbox = slot.inbox
-                    inbox.append(item)
-                    if len(inbox) > slot.limit:
-                        self._compact_slot(slot)
-            return
-        for c in chans:
-            for slot in slots[c]:
+            for slot in slots:
                 inbox = slot.inbox
                 inbox.append(item)
-                if slot.li:
-                    side = slot.side
-                    heappush(side, item)
-                    if len(side) > side.limit:
-                        side[:] = [e for e in side if vers[e[1]] is e[2]]
-                        heapify(side)
-                        side.limit = max(MIN_COMPACT, 2 * len(side))
                 if len(inbox) > slot.limit:
                     self._compact_slot(slot)
+            return
+        for slot in slots:
+            inbox = slot.inbox
+            inbox.append(item)
+            if slot.li:
+                side = slot.side
+                heappush(side, item)
+                if len(side) > side.limit:
+                    side[:] = [e for e in side if vers[e[1]] is e[2]]
+                    heapify(side)
+                    side.limit = max(MIN_COMPACT, 2 * len(side))
+            if len(inbox) > slot.limit:
+                self._compact_slot(slot)
 
     def _compact_slot(self, slot: _Slot) -> None:
         """Keep only the live inbox entries (in order); strategy heaps keep what they pulled."""
@@ -650,13 +665,16 @@ class Matcher:
         if self._nonempty:
             best: tuple[int, float, int] | None = None
             best_heap: _Heap | None = None
-            call_heaps = ag.call_heaps
-            for c in chans:
-                for heap in call_heaps[c]:
-                    # The head of a heap holding live calls is live (_dequeue keeps it so).
-                    if heap.live and (best is None or heap[0] < best):
-                        best = heap[0]
-                        best_heap = heap
+            if chans is ag.channels:
+                heaps: Iterable[_Heap] = ag.all_heaps
+            else:
+                call_heaps = ag.call_heaps
+                heaps = [heap for c in chans for heap in call_heaps[c]]
+            for heap in heaps:
+                # The head of a heap holding live calls is live (_dequeue keeps it so).
+                if heap.live and (best is None or heap[0] < best):
+                    best = heap[0]
+                    best_heap = heap
             if best is not None and best_heap is not None:
                 heappop(best_heap)
                 call = self._by_seq[best[2]]
@@ -679,6 +697,7 @@ class Matcher:
             heap.clear()  # every entry left is stale
             self._nonempty -= 1
         call.heap = None
+        del self._by_seq[call.seq]
         call.queue.waiting -= 1
 
     def _clean_head(self, heap: _Heap) -> None:
@@ -700,6 +719,7 @@ class Matcher:
             self._nonempty += 1
         heap.live += 1
         call.heap = heap
+        self._by_seq[call.seq] = call
         call.state = WAITING
         call.queue.waiting += 1
 
@@ -767,8 +787,16 @@ class Matcher:
                     if not heap:
                         continue
                     entry = heap[0]
+                    stale = 0
                     while vers[entry[-2]] is not entry[-1]:
-                        pop(heap)
+                        stale += 1
+                        if stale > STALE_POPS:
+                            # A backlog (agents taken through their other slots since this
+                            # heap was last asked): one linear clean-up instead of a pop,
+                            # O(log n) on cold memory, per stale entry.
+                            self._compact_agents(heap)
+                        else:
+                            pop(heap)
                         if not heap:
                             break
                         entry = heap[0]
@@ -812,7 +840,6 @@ class Matcher:
         if call.state == WAITING:
             self._dequeue(call)
         del self._calls[call.id]
-        del self._by_seq[call.seq]
 
     def _overflow(self, call: _Call, reason: str, out: list[Decision]) -> None:
         self._stop_timers(call)
@@ -917,12 +944,10 @@ class Matcher:
         queue = self._queues.get(spec.queue)
         if queue is None:
             raise UnknownQueue(f"call {spec.id}: unknown queue {spec.queue!r}")
-        if spec.id in self._calls:
+        call = _Call(spec, queue, self._call_seq + 1, now)
+        if self._calls.setdefault(spec.id, call) is not call:  # one probe of the call index
             raise InvalidEvent(f"call {spec.id} is already in the ACD")
         self._call_seq += 1
-        call = _Call(spec, queue, self._call_seq, now)
-        self._calls[spec.id] = call
-        self._by_seq[call.seq] = call
         out: list[Decision] = []
         self._call_ready(call, now, out)
         return out
@@ -931,6 +956,11 @@ class Matcher:
         call = self._calls.get(call_id)
         if call is None:
             call = self._call(call_id)  # raises
+        if call.state == OFFERED:
+            # The ringing agents are at hand: no lookup in the (large) agent index.
+            for ringing in call.agents:
+                if ringing.id == agent_id:
+                    return call, ringing
         ag = self._agents.get(agent_id)
         if ag is None:
             ag = self._agent(agent_id)  # raises
@@ -953,11 +983,14 @@ class Matcher:
         self._move(ag, "answer", ON_CALL)
         if not ag.total:
             ag.busy_start = now
-        ag.load[call.channel] += 1
         ag.total += 1
         ag.handled += 1
         ag.misses = 0
-        if ag.shared and call.channel not in EXCLUSIVE_CHANNELS:
+        channel = call.channel
+        if channel in EXCLUSIVE_CHANNELS:
+            ag.excl = channel
+        else:
+            ag.load[channel] += 1
             ag.avail_since = now
             self._agent_free(ag, now, out)
         for other in others:
@@ -1011,7 +1044,10 @@ class Matcher:
         self._forget(call)
         ag = call.agent
         call.agent = None
-        ag.load[call.channel] -= 1
+        if call.channel in EXCLUSIVE_CHANNELS:
+            ag.excl = None
+        else:
+            ag.load[call.channel] -= 1
         ag.total -= 1
         out: list[Decision] = []
         if ag.state is RESERVED:
@@ -1132,6 +1168,12 @@ class Matcher:
     def eligible_requirements(self, agent_id: str) -> list[str]:
         return [r.requirement.text for r in self._agent(agent_id).reqs]
 
+    @staticmethod
+    def _load(ag: _Agent, channel: str) -> int:
+        if channel in EXCLUSIVE_CHANNELS:
+            return 1 if ag.excl == channel else 0
+        return ag.load[channel]
+
     def check_invariants(self) -> None:
         """Cross-check the bookkeeping (tests and debugging; O(agents + calls + heap entries))."""
         counts = dict.fromkeys(self._queues, 0)
@@ -1153,7 +1195,7 @@ class Matcher:
                     if ag.offer is not call or ag.state is not RESERVED:
                         raise InvariantViolation(f"call {call.id}: agent {ag.id} not reserved")
             elif call.state == CONNECTED:
-                if call.agent is None or call.agent.load[call.channel] < 1:
+                if call.agent is None or self._load(call.agent, call.channel) < 1:
                     raise InvariantViolation(f"call {call.id} connected to nobody")
             else:
                 raise InvariantViolation(f"call {call.id} held in state {call.state}")
@@ -1167,6 +1209,9 @@ class Matcher:
             raise InvariantViolation(f"non-empty call heaps: {self._nonempty} is wrong")
         if len(self._live) != sum(live_per_heap.values()):
             raise InvariantViolation("live entries for calls that are not waiting")
+        waiting = {c.seq: c for c in self._calls.values() if c.state == WAITING}
+        if self._by_seq != waiting:
+            raise InvariantViolation("the index of waiting calls is out of step")
         for qid, n in counts.items():
             if self._queues[qid].waiting != n:
                 raise InvariantViolation(f"queue {qid}: waiting {self._queues[qid].waiting} != {n}")
@@ -1175,8 +1220,10 @@ class Matcher:
                 raise InvariantViolation(f"agent {ag.id}: state {ag.state} vs offer {ag.offer}")
             if ag.offer is not None and (ag.offer.state != OFFERED or ag not in ag.offer.agents):
                 raise InvariantViolation(f"agent {ag.id}: stuck reserved")
-            if ag.total != sum(ag.load.values()) or any(
-                ag.load[c] > ag.capacity[c] for c in ag.channels
+            if ag.excl is not None and (ag.excl not in ag.channels or ag.total != 1):
+                raise InvariantViolation(f"agent {ag.id}: {ag.excl} beside other work")
+            if ag.total != sum(self._load(ag, c) for c in ag.channels) or any(
+                self._load(ag, c) > ag.capacity[c] for c in ag.channels
             ):
                 raise InvariantViolation(f"agent {ag.id}: load {ag.load} over capacity")
             if ag.state in (READY, WRAP_UP, PAUSED, LOGGED_OUT) and ag.total:
