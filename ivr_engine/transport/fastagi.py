@@ -84,9 +84,13 @@ PROBE_TIMEOUT = 5.0  # CHANNEL STATUS after a -1 result, to tell "hung up" from 
 REJECT_LIMIT = 64  # over-cap connections being told FAILURE at once; beyond, plain close
 REFUSAL_LOG_INTERVAL = 60.0  # one WARNING per refused address (or for the cap) per interval
 # Connections that have not sent their environment yet, apart from the calls in progress: a
-# real Asterisk sends it within milliseconds of connecting, so a few hundred is plenty at
-# 300 calls/s, and a flood of silent connections cannot take the calls' slots.
-MAX_PENDING = 256
+# real Asterisk sends it within milliseconds of connecting (a handful are pending at 300
+# calls/s), so a flood of silent connections cannot take the calls' slots.
+MAX_PENDING = 1000
+# A pending connection younger than this is not evicted to make room (one burst of accepts
+# must not evict a real call before its environment could be read): the newcomer is told
+# FAILURE instead, and the dialplan's fallback takes that caller.
+PENDING_GRACE = 1.0
 # The listen backlog. asyncio's default (100) overflows when Asterisk connects a few hundred
 # calls within one scheduling hiccup of the loop; the kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
@@ -151,6 +155,7 @@ class AgiSession:
         self._hangup_logged = False
         self._dead = False  # a 511 reply: Asterisk runs the AGI in dead mode
         self.evicted = False  # closed by the server before its environment came (max_pending)
+        self.connected_at = asyncio.get_running_loop().time()
 
     # -- what the handler can look at
 
@@ -876,17 +881,20 @@ class FastAgiServer:
                 self.active_sessions,
                 peer,
             )
-            if len(self._rejects) >= REJECT_LIMIT:
-                writer.close()
-                return
-            reject = asyncio.get_running_loop().create_task(
-                self._reject(reader, writer), name=f"agi-reject-{peer}"
-            )
-            self._rejects.add(reject)
-            reject.add_done_callback(self._reject_done)
+            self._start_reject(reader, writer, peer)
             return
-        if len(self._pending) >= self._max_pending:
-            self._evict_oldest_pending(now)
+        if len(self._pending) >= self._max_pending and not self._evict_oldest_pending(now):
+            self._warnings.log(
+                "pending-full",
+                now,
+                "FastAGI: %d connections have not sent their environment (agi.max_pending), "
+                "none for %.1fs yet; told %s FAILURE at once",
+                len(self._pending),
+                PENDING_GRACE,
+                peer,
+            )
+            self._start_reject(reader, writer, peer)
+            return
         session = AgiSession(reader, writer, peer=peer, command_timeout=self._command_timeout)
         task = asyncio.get_running_loop().create_task(
             self._run_session(session), name=f"agi-peer-{peer}"
@@ -895,12 +903,27 @@ class FastAgiServer:
         self._pending[task] = session
         task.add_done_callback(self._session_done)
 
-    def _evict_oldest_pending(self, now: float) -> None:
-        """Make room for a new connection: the one that has waited longest without sending
-        its environment is told FAILURE and closed. A real Asterisk sends the environment as
-        it connects, so the oldest silent connection is almost surely not a call; if it is,
-        FAILURE sends the caller to the dialplan's fallback, not into silence."""
+    def _start_reject(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        if len(self._rejects) >= REJECT_LIMIT:
+            writer.close()
+            return
+        reject = asyncio.get_running_loop().create_task(
+            self._reject(reader, writer), name=f"agi-reject-{peer}"
+        )
+        self._rejects.add(reject)
+        reject.add_done_callback(self._reject_done)
+
+    def _evict_oldest_pending(self, now: float) -> bool:
+        """Make room for a new connection: the one that has waited longest (at least
+        PENDING_GRACE) without sending its environment is told FAILURE and closed. A real
+        Asterisk sends the environment as it connects, so that one is almost surely not a
+        call; if it is, FAILURE sends the caller to the dialplan's fallback, not into silence.
+        False when even the oldest is too young to evict."""
         task, session = next(iter(self._pending.items()))
+        if now - session.connected_at < PENDING_GRACE:
+            return False
         del self._pending[task]
         self._warnings.log(
             "pending-cap",
@@ -911,6 +934,7 @@ class FastAgiServer:
             session.peer,
         )
         session._evict()
+        return True
 
     async def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Over the cap: "FAILURE" without reading the environment (AGISTATUS=FAILURE),

@@ -596,11 +596,12 @@ async def test_session_cap(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_silent_connections_do_not_take_call_slots_and_the_oldest_is_evicted(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 8: connections that have not sent their environment have a cap of their own.
     A flood of them neither counts against max_sessions nor keeps a real call out: past
     max_pending the oldest silent one is told FAILURE and closed."""
+    monkeypatch.setattr("ivr_engine.transport.fastagi.PENDING_GRACE", 0.0)
     served: list[str] = []
 
     async def handler(session: AgiSession) -> None:
@@ -633,6 +634,28 @@ async def test_silent_connections_do_not_take_call_slots_and_the_oldest_is_evict
     assert len(evictions) == 2, warnings  # one at once, one summary, not one per eviction
     assert evictions[1].startswith("3 more like this in the last 60s")
     assert not [w for w in warnings if "agi.max_sessions" in w]
+
+
+async def test_a_pending_connection_younger_than_the_grace_is_not_evicted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A burst of accepts must not evict a connection whose environment could not be read
+    yet: while every pending one is younger than PENDING_GRACE (1 s), the newcomer is told
+    FAILURE instead (the dialplan's fallback takes that caller) and the pending ones stay."""
+
+    async def handler(session: AgiSession) -> None:
+        raise AssertionError("not reached")
+
+    async with serving(handler, max_pending=3, header_timeout=30.0) as server:
+        young = [await FakeAsterisk.connect(server.port) for _ in range(3)]
+        await wait_until(lambda: server.pending_connections == 3, "3 pending")
+        newcomer = await FakeAsterisk.connect(server.port)
+        await newcomer.expect_failure()
+        assert server.pending_connections == 3
+        for conn in young:
+            await conn.close()
+        await wait_until(lambda: server.pending_connections == 0, "closed")
+    assert "none for 1.0s yet; told 127.0.0.1:" in caplog.text
 
 
 async def test_header_timeouts_under_a_flood_log_one_line_then_one_summary(
