@@ -9,7 +9,11 @@ queues:              # the flows' queue names (vip, risk, ...): how each is serv
     wrapup: 10                    # seconds of after-call work
     weight: 30                    # head start in seconds against other queues
     max_wait: 600                 # 0 = none; then the call overflows to `overflow`
-    overflow: operators
+    overflow: operators           # a queue name, `operators` or `voicemail`
+    join_empty: true              # false: a call no logged-in agent could serve overflows
+    leave_when_empty: false       # true: waiting calls overflow when their last agent leaves
+    operator: false               # true: the caller may press the operator key while waiting
+    callback: true                # the caller may press the callback key while waiting
     steps:                        # relaxation: after N seconds also accept this requirement
       - {after: 30, accept: private_banking}
 agents:
@@ -54,6 +58,10 @@ _QUEUE_KEYS = frozenset(
         "overflow",
         "steps",
         "ring_all_limit",
+        "join_empty",
+        "leave_when_empty",
+        "operator",
+        "callback",
     }
 )
 _AGENT_KEYS = frozenset({"name", "endpoint", "skills", "channels", "login"})
@@ -77,6 +85,10 @@ class QueuePolicy:
     overflow: str | None = None
     steps: tuple[tuple[float, str], ...] = ()
     ring_all_limit: int = 16
+    join_empty: bool = True
+    leave_when_empty: bool = False
+    operator: bool = False
+    callback: bool = True
 
     def spec_for(self, queue_id: str, requirement: str) -> QueueSpec:
         """The matcher queue for calls of this queue that ask for `requirement`."""
@@ -210,6 +222,17 @@ def _queue(name: str, body: Mapping[str, Any], where: str) -> QueuePolicy:
     overflow = body.get("overflow")
     if overflow is not None and not isinstance(overflow, str):
         raise RosterError(f"{where}.overflow: must be a queue name or 'operators'")
+    flags = {}
+    for key, default in (
+        ("join_empty", True),
+        ("leave_when_empty", False),
+        ("operator", False),
+        ("callback", True),
+    ):
+        value = body.get(key, default)
+        if not isinstance(value, bool):
+            raise RosterError(f"{where}.{key}: must be true or false, got {value!r}")
+        flags[key] = value
     policy = QueuePolicy(
         name=name,
         strategy=strategy,
@@ -220,6 +243,7 @@ def _queue(name: str, body: Mapping[str, Any], where: str) -> QueuePolicy:
         overflow=overflow,
         steps=tuple(steps),
         ring_all_limit=int(_number(body.get("ring_all_limit", 16), f"{where}.ring_all_limit")),
+        **flags,
     )
     try:  # validate everything the matcher will check, now, with the key named
         policy.spec_for("check", "any")

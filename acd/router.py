@@ -63,8 +63,9 @@ from acd.model import (
     TimerKey,
     Withdraw,
 )
-from acd.queue_events import QueueEvent, QueueListener
-from acd.roster import Roster, RosterAgent
+from acd.queue_events import VERBS, QueueEvent, QueueListener
+from acd.requirement import Requirement
+from acd.roster import QueuePolicy, Roster, RosterAgent
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ log = logging.getLogger(__name__)
 CONNECT_CONTEXT = "acd-connect"
 WAIT_CONTEXT = "acd-wait"
 OPERATORS = "operators"
+VOICEMAIL = "voicemail"
+#: Where a voicemail overflow takes the caller (extensions-acd.conf).
+VOICEMAIL_CONTEXT = "acd-voicemail"
+#: Handle time assumed for the wait estimate until a queue has served calls (seconds).
+DEFAULT_HANDLE_TIME = 180.0
+#: Handle times kept per queue for the wait estimate.
+HANDLE_SAMPLES = 50
 #: Dial statuses that mean "the agent did not take it" (app_dial's DIALSTATUS).
 NOT_ANSWERED = frozenset({"NOANSWER", "BUSY", "CHANUNAVAIL", "CONGESTION"})
 
@@ -101,6 +109,14 @@ class Publisher(Protocol):
     """Where events for agents and wallboards go (MQTT). Never blocks."""
 
     def publish(self, topic: str, payload: Mapping[str, Any], *, retain: bool = False) -> None: ...
+
+
+class CallbackPlacer(Protocol):
+    """Originates a callback: the agent's phone first, then the customer's number
+    (`ivr_engine.acd_gateway` over AMI). Raises when the PBX refuses it; the outcome comes
+    back through `Router.answered`, `dial_result` and `callback_result`."""
+
+    async def place(self, call: RoutedCall, agent: str, endpoint: str) -> None: ...
 
 
 class LoopScheduler:
@@ -157,6 +173,21 @@ class RoutedCall:
     connected_at: float = 0.0
     kind: str = VOICE  # the matcher channel: voice, or chat/sms/email/callback for tasks
     guard: asyncio.TimerHandle | None = None
+    caller: str = ""  # the caller's number (callbacks dial it; never published unmasked)
+    callback: bool = False  # the caller asked to be called back and hung up
+    callback_attempts: int = 0
+    recording: str = ""  # MixMonitor file of the agent call, as Asterisk wrote it
+
+
+@dataclass(frozen=True)
+class WaitInfo:
+    """What a waiting caller is told: place in its queue and the estimated wait (seconds;
+    None when no agent who could take the call is working now)."""
+
+    position: int
+    estimate: float | None
+    agents: int
+    handle_time: float
 
 
 @dataclass
@@ -242,12 +273,31 @@ class Router:
         self._agent_seen: dict[str, AgentState] = {}
         #: Non-voice tasks are offered here (None: `submit_task` refuses them).
         self.task_sink: TaskSink | None = None
+        #: Callbacks are originated here (None: the callback key is not honoured).
+        self.callback_placer: CallbackPlacer | None = None
+        #: Keys a waiting caller may press ("" = none); see `key_pressed`.
+        self.callback_key = "1"
+        self.operator_key = "0"
+        #: A callback whose customer does not answer is tried again this many times, after
+        #: `callback_retry_after` seconds, as a new arrival in its queue.
+        self.callback_retries = 1
+        self.callback_retry_after = 60.0
+        self._handle_times: dict[str, deque[float]] = {}
+        self._reach: dict[str, Requirement] = {}  # matcher queue -> its last relaxation step
+        self._retries: set[asyncio.TimerHandle] = set()
 
     # ------------------------------------------------------------------ queue events
 
     def _emit(
         self, verb: str, call_id: str = "", queue: str = "", agent: str = "", **data: Any
     ) -> None:
+        if verb not in VERBS:
+            # Not (yet) a verb of acd/queue_events.py (callback and voicemail steps, rebuilt
+            # calls): the daemon's log and the MQTT events carry these.
+            log.info(
+                "queue event %s call=%s queue=%s agent=%s %s", verb, call_id, queue, agent, data
+            )
+            return
         if not self.listeners:
             return
         event = QueueEvent(time.time(), verb, call_id, queue, agent, data)
@@ -278,6 +328,9 @@ class Router:
     async def aclose(self) -> None:
         if self.scheduler is not None:
             self.scheduler.cancel_all()
+        for handle in self._retries:
+            handle.cancel()
+        self._retries.clear()
         for call in self.calls.values():
             if call.guard is not None:
                 call.guard.cancel()
@@ -311,9 +364,11 @@ class Router:
         priority: int,
         language: str,
         screen_pop: Mapping[str, str],
+        caller: str = "",
     ) -> RoutedCall:
         """Describe a call before the dialplan parks it (the flow's queue node). Validates the
-        requirement now, so a bad expression fails the flow's node, not the waiting caller."""
+        requirement now, so a bad expression fails the flow's node, not the waiting caller.
+        `caller` is the number a callback would dial ("" = withheld: no callback)."""
         if call_id in self.calls and self.calls[call_id].state != "gone":
             raise InvalidEvent(f"call {call_id} is already with the ACD")
         call = RoutedCall(
@@ -324,6 +379,7 @@ class Router:
             language,
             dict(screen_pop),
             registered_at=self.now(),
+            caller=caller,
         )
         call.matcher_queue = self._matcher_queue(queue, requirement)
         self.calls[call_id] = call
@@ -385,10 +441,187 @@ class Router:
             language=call.language,
             channel=channel,
         )
+        policy = self.roster.policy(call.queue)
+        if not policy.join_empty and not self._servable(call):
+            self._left_empty(call, policy, started)
+            return
         spec = CallSpec(call_id, call.matcher_queue, VOICE, call.priority)
         self._apply(self.m.call_arrived(spec, self.now()), started)
 
-    def answered(self, call_id: str, agent: str) -> None:
+    def rebuild_waiting(
+        self,
+        call_id: str,
+        channel: str,
+        *,
+        queue: str,
+        requirement: str,
+        priority: int,
+        language: str,
+        screen_pop: Mapping[str, str],
+        caller: str = "",
+    ) -> bool:
+        """A caller found waiting in [acd-wait] after a daemon restart (its description read
+        back from the channel's variables): it enters the matcher as a new arrival. False when
+        the call is already known. Raises `AcdError` for a description the ACD refuses."""
+        known = self.calls.get(call_id)
+        if known is not None and known.state != "gone":
+            return False
+        self.register(
+            call_id,
+            queue=queue,
+            requirement=requirement,
+            priority=priority,
+            language=language,
+            screen_pop=screen_pop,
+            caller=caller,
+        )
+        self._emit("REBUILT", call_id, queue, channel=channel)
+        self.call_waiting(call_id, channel)
+        return True
+
+    # ------------------------------------------------------------------ waiting callers
+
+    def _reach_of(self, call: RoutedCall) -> Requirement:
+        """Who could ever take the call: its queue's requirement at the last relaxation step."""
+        found = self._reach.get(call.matcher_queue)
+        if found is None:
+            spec = self.roster.policy(call.queue).spec_for("reach", call.requirement)
+            found = self._reach[call.matcher_queue] = spec.cumulative()[-1]
+        return found
+
+    def _serving(self, call: RoutedCall, *, working_only: bool) -> int:
+        """Agents logged in (`working_only`: and not paused) who could take the call."""
+        reach = self._reach_of(call)
+        count = 0
+        for agent_id, entry in self.roster.agents.items():
+            state = self._state(agent_id)
+            if state in (None, AgentState.LOGGED_OUT):
+                continue
+            if working_only and state is AgentState.PAUSED:
+                continue
+            if entry.spec.capacity.get(call.kind, 0) > 0 and reach.matches(entry.spec.skills):
+                count += 1
+        return count
+
+    def _servable(self, call: RoutedCall) -> bool:
+        """app_queue's joinempty/leavewhenempty sense of "not empty": some agent who could take
+        the call is logged in (paused, busy or in wrap-up still counts)."""
+        return self._serving(call, working_only=False) > 0
+
+    def _left_empty(self, call: RoutedCall, policy: QueuePolicy, started: float) -> None:
+        target = policy.overflow or OPERATORS
+        log.info(
+            "call %s: no agent for queue %s is logged in: to %s", call.call_id, call.queue, target
+        )
+        # app_queue says EXITEMPTY; queue_events.py has no such verb yet: `reason` tells.
+        self._emit(
+            "EXITWITHTIMEOUT",
+            call.call_id,
+            call.queue,
+            waittime=self._since(call.queued_at),
+            target=target,
+            reason="empty",
+        )
+        self._send_to(call, target, "empty", started)
+
+    def _check_empty(self) -> None:
+        """After an agent left: waiting callers of `leave_when_empty` queues whom nobody logged
+        in could serve any more go to their queue's overflow."""
+        for call in list(self.calls.values()):
+            if call.state != "waiting" or call.kind != VOICE or not call.channel:
+                continue
+            policy = self.roster.policy(call.queue)
+            if policy.leave_when_empty and not self._servable(call):
+                started = time.perf_counter()
+                if self.m.call_state(call.call_id) is not None:
+                    self._apply(self.m.hung_up(call.call_id, self.now()), started)
+                self._left_empty(call, policy, started)
+
+    def wait_info(self, call_id: str) -> WaitInfo | None:
+        """Position and estimated wait of a waiting voice call (None: not waiting now).
+
+        Position: the call's place in its matcher queue's service order (priority, arrival
+        with the queue's weight, FIFO), 1 = next. Estimate: position x mean handle time /
+        working agents, where the handle time is the mean talk time of the queue's last
+        `HANDLE_SAMPLES` calls (`DEFAULT_HANDLE_TIME` before the first) plus the queue's
+        wrap-up, and the working agents are those logged in, not paused, who could take the
+        call at its last relaxation step. With every such agent busy, one frees up every
+        handle time / agents seconds on average, and `position` of them must free up."""
+        call = self.calls.get(call_id)
+        if call is None or call.state != "waiting" or call.kind != VOICE:
+            return None
+        try:
+            order = self.m.waiting_calls(call.matcher_queue)
+        except AcdError:
+            return None
+        if call_id not in order:
+            return None
+        position = order.index(call_id) + 1
+        samples = self._handle_times.get(call.queue)
+        talk = sum(samples) / len(samples) if samples else DEFAULT_HANDLE_TIME
+        handle = talk + self.roster.policy(call.queue).wrapup
+        agents = self._serving(call, working_only=True)
+        estimate = position * handle / agents if agents else None
+        return WaitInfo(position, estimate, agents, handle)
+
+    def key_pressed(self, call_id: str, key: str) -> str:
+        """A waiting caller pressed `key` ([acd-wait] runs AGI acd-key). Returns what the
+        caller gets: "operator" (left the queue for the operator group: only where the queue
+        has `operator: true`), "callback" (keeps its place; the caller hangs up and is called
+        back when an agent is reserved), or "" (nothing: keep waiting)."""
+        call = self.calls.get(call_id)
+        if call is None or call.state != "waiting" or call.kind != VOICE or call.callback:
+            return ""
+        policy = self.roster.policy(call.queue)
+        started = time.perf_counter()
+        if key and key == self.operator_key and policy.operator:
+            if self.m.call_state(call_id) is not None:
+                self._apply(self.m.hung_up(call_id, self.now()), started)
+            # app_queue says EXITWITHKEY; queue_events.py has no such verb yet: `reason` tells.
+            self._emit(
+                "EXITWITHTIMEOUT",
+                call_id,
+                call.queue,
+                waittime=self._since(call.queued_at),
+                target=OPERATORS,
+                reason=f"key:{key}",
+            )
+            call.state = "gone"
+            self._by_channel.pop(call.channel, None)
+            self.calls.pop(call_id, None)
+            return "operator"
+        if (
+            key
+            and key == self.callback_key
+            and policy.callback
+            and call.caller
+            and self.callback_placer is not None
+        ):
+            call.callback = True
+            self._emit("CALLBACK", call_id, call.queue, waittime=self._since(call.queued_at))
+            self.publisher.publish(
+                f"acd/call/{call_id}/callback",
+                {"event": "CallbackRequested", "call_id": call_id, "queue": call.queue},
+            )
+            return "callback"
+        return ""
+
+    def voicemail_result(self, call_id: str, queue: str, status: str, mailbox: str) -> None:
+        """The caller overflowed to voicemail and left it (VoiceMail's VMSTATUS)."""
+        self._emit("VOICEMAIL", call_id, queue, status=status, mailbox=mailbox)
+        self.publisher.publish(
+            f"acd/call/{call_id}/voicemail",
+            {
+                "event": "VoicemailLeft" if status == "SUCCESS" else "VoicemailFailed",
+                "call_id": call_id,
+                "queue": queue,
+                "status": status,
+                "mailbox": mailbox,
+            },
+        )
+
+    def answered(self, call_id: str, agent: str, recording: str = "") -> None:
+        """The agent answered (for a callback: the agent's leg, before the customer's)."""
         call = self.calls.get(call_id)
         if call is None or call.state != "ringing" or call.agent != agent:
             log.warning("answer of %s by %s does not match an offer; ignored", call_id, agent)
@@ -396,6 +629,8 @@ class Router:
         self._clear_guard(call)
         call.state = "connected"
         call.connected_at = self.now()
+        call.recording = recording
+        extra = {"recording": recording} if recording else {}
         self._emit(
             "CONNECT",
             call_id,
@@ -403,9 +638,12 @@ class Router:
             agent,
             holdtime=self._since(call.queued_at),
             ringtime=self._since(call.ring_at),
+            callback=call.callback,
+            **extra,
         )
         self.publisher.publish(
-            f"agent/{agent}/state", {"event": "CallConnected", "call_id": call_id, "agent": agent}
+            f"agent/{agent}/state",
+            {"event": "CallConnected", "call_id": call_id, "agent": agent, **extra},
         )
         self._apply(self.m.answered(call_id, agent, self.now()), time.perf_counter())
 
@@ -448,7 +686,79 @@ class Router:
         call = self.calls.get(call_id)
         if call is None or call.state == "gone":
             return
+        if call.callback and call.state == "waiting":
+            call.channel = ""  # hung up after asking for a callback: keeps its place
+            return
         self._gone(call)
+
+    def callback_result(self, call_id: str, agent: str, status: str) -> None:
+        """[acd-callback] dialled the customer from the agent's phone (DIALSTATUS). ANSWER: the
+        conversation is over. Anything else: the callback failed; it is recorded and tried
+        again `callback_retries` times after `callback_retry_after` seconds."""
+        started = time.perf_counter()
+        call = self.calls.get(call_id)
+        if call is None or call.state != "connected" or call.agent != agent:
+            log.warning("callback result %s for %s/%s matches no callback", status, call_id, agent)
+            return
+        status = status.upper() or "AGENTHUNGUP"
+        if status == "ANSWER":
+            self._emit("CALLBACKDONE", call_id, call.queue, agent)
+            self._end(call, started, "COMPLETEAGENT")
+            return
+        call.callback_attempts += 1
+        retry = call.callback_attempts <= self.callback_retries
+        self._emit(
+            "CALLBACKFAILED",
+            call_id,
+            call.queue,
+            agent,
+            status=status,
+            attempt=call.callback_attempts,
+            retry=retry,
+        )
+        self.publisher.publish(
+            f"acd/call/{call_id}/callback",
+            {
+                "event": "CallbackFailed",
+                "call_id": call_id,
+                "queue": call.queue,
+                "status": status,
+                "attempt": call.callback_attempts,
+                "retry": retry,
+            },
+        )
+        self._end(call, started, "COMPLETEAGENT")
+        if retry and self._loop is not None:
+            handle: asyncio.TimerHandle | None = None
+
+            def again() -> None:
+                if handle is not None:
+                    self._retries.discard(handle)
+                self._retry_callback(call)
+
+            handle = self._loop.call_later(self.callback_retry_after, again)
+            self._retries.add(handle)
+
+    def _retry_callback(self, call: RoutedCall) -> None:
+        if call.call_id in self.calls:
+            return
+        started = time.perf_counter()
+        call.state = "waiting"
+        call.agent = ""
+        call.queued_at = self.now()
+        self.calls[call.call_id] = call
+        call.matcher_queue = self._matcher_queue(call.queue, call.requirement)
+        self._emit(
+            "ENTERQUEUE",
+            call.call_id,
+            call.queue,
+            priority=call.priority,
+            language=call.language,
+            channel="",
+            retry=call.callback_attempts,
+        )
+        spec = CallSpec(call.call_id, call.matcher_queue, VOICE, call.priority)
+        self._apply(self.m.call_arrived(spec, self.now()), started)
 
     def _gone(self, call: RoutedCall) -> None:
         """The caller (or the task's customer) left: abandon, cancelled ring, or the end."""
@@ -481,6 +791,9 @@ class Router:
 
     def _end(self, call: RoutedCall, started: float, verb: str) -> None:
         agent = call.agent
+        if call.kind == VOICE and call.connected_at:
+            samples = self._handle_times.setdefault(call.queue, deque(maxlen=HANDLE_SAMPLES))
+            samples.append(self.now() - call.connected_at)
         self._emit(
             verb,
             call.call_id,
@@ -588,6 +901,7 @@ class Router:
         self.roster = roster
         self._generation += 1
         self._matcher_queues.clear()
+        self._reach.clear()
         for agent_id in old.agents:
             if agent_id not in roster.agents:
                 self._when_legal(agent_id, "logout", functools.partial(self._logout, agent_id))
@@ -651,6 +965,7 @@ class Router:
             return
         self._apply(self.m.logout(agent_id, self.now()), time.perf_counter())
         self._publish_agent(agent_id)
+        self._check_empty()
 
     def pause(self, agent_id: str, reason: str) -> None:
         self._agent_known(agent_id)
@@ -807,6 +1122,13 @@ class Router:
             if self.task_sink is not None:
                 self.task_sink.offer(call, offer.agent)
             return
+        if call.callback and not call.channel:
+            endpoint = entry.endpoint if entry is not None else f"PJSIP/{offer.agent}"
+            self.publisher.publish(topic, pop)
+            self.spawn(
+                self._place_callback(call, offer.agent, endpoint), f"acd-callback-{call.call_id}"
+            )
+            return
         exten = entry.endpoint.split("/", 1)[1] if entry is not None else offer.agent
         if self.pop_sender is None:
             self.publisher.publish(topic, pop)
@@ -842,6 +1164,16 @@ class Router:
             return  # the caller hung up while the pop was sent: never ring the agent
         await self._redirect(channel, CONNECT_CONTEXT, exten, started, call.call_id)
 
+    async def _place_callback(self, call: RoutedCall, agent: str, endpoint: str) -> None:
+        """The agent's phone first; the guard timer requeues if the PBX never answers."""
+        if self.callback_placer is None:
+            raise InvalidEvent("no callback placer")
+        try:
+            await self.callback_placer.place(call, agent, endpoint)
+        except Exception as exc:  # refused or AMI away: the guard timer requeues the offer
+            self.errors += 1
+            log.warning("callback %s to agent %s not placed: %s", call.call_id, agent, exc)
+
     def _overflow(self, over: Overflowed, started: float) -> None:
         call = self.calls.get(over.call)
         if call is None:
@@ -858,7 +1190,12 @@ class Router:
             target=target,
             reason=over.reason,
         )
-        if target in self.roster.queues and target != call.queue:
+        self._send_to(call, target, over.reason, started)
+
+    def _send_to(self, call: RoutedCall, target: str, reason: str, started: float) -> None:
+        """A call leaving its queue (not in the matcher any more) goes to `target`: another
+        queue of the roster, `voicemail`, or the operators (anything else)."""
+        if target in self.roster.queues and target not in (call.queue, "*"):
             call.queue = target
             call.matcher_queue = self._matcher_queue(target, call.requirement)
             spec = CallSpec(call.call_id, call.matcher_queue, VOICE, call.priority)
@@ -869,10 +1206,32 @@ class Router:
         self.calls.pop(call.call_id, None)
         if call.kind != VOICE:
             if self.task_sink is not None:
-                self.task_sink.dropped(call, f"overflow:{over.reason}")
+                self.task_sink.dropped(call, f"overflow:{reason}")
             return
+        if not call.channel:  # a callback nobody could take: recorded, the customer not rung
+            self._emit(
+                "CALLBACKFAILED",
+                call.call_id,
+                call.queue,
+                status=f"overflow:{reason}",
+                attempt=call.callback_attempts,
+                retry=False,
+            )
+            self.publisher.publish(
+                f"acd/call/{call.call_id}/callback",
+                {
+                    "event": "CallbackFailed",
+                    "call_id": call.call_id,
+                    "queue": call.queue,
+                    "status": f"overflow:{reason}",
+                    "attempt": call.callback_attempts,
+                    "retry": False,
+                },
+            )
+            return
+        context = VOICEMAIL_CONTEXT if target == VOICEMAIL else OPERATORS
         self.spawn(
-            self._redirect(call.channel, OPERATORS, "s", started, None),
+            self._redirect(call.channel, context, "s", started, None),
             f"acd-overflow-{call.call_id}",
         )
 

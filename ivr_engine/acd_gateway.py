@@ -24,6 +24,18 @@ pop before the agent's phone rings) and for the agent command channel:
 
 A malformed command is answered with `ok: false` and the reason when it carries a usable id,
 and logged otherwise; it never changes an agent.
+
+While a caller waits, [acd-wait] runs two short FastAGI scripts that `Engine` hands here:
+`acd-announce` (every `acd.announce_every` seconds: the caller's position and estimated wait
+in the caller's language, and the keys offered) and `acd-key` (a key pressed while waiting:
+the operator key leaves the queue for the operators where the roster allows it; the callback
+key keeps the caller's place and ends the call, and the router originates the callback from
+the reserved agent's phone: `AcdService.place`).
+
+The call's description also travels in the caller's channel variables (IVR_QUEUE,
+IVR_SKILLS, IVR_PRIORITY, IVR_LANGUAGE, ACD_CALLER, ACD_POP: the screen pop, already masked,
+URL-encoded), so that after a daemon restart `AcdAmiBridge.rebuild_waiting` can re-enter the
+callers still waiting in [acd-wait].
 """
 
 from __future__ import annotations
@@ -32,24 +44,28 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aiomqtt
 
 from acd.errors import AcdError
 from acd.roster import Roster
-from acd.router import Publisher, Router
+from acd.router import Publisher, RoutedCall, Router
 from ivr_engine.acd_extensions import Extension
-from ivr_engine.config import MqttSettings
-from ivr_engine.errors import ConfigError
+from ivr_engine.config import AcdSettings, MqttSettings
+from ivr_engine.errors import AgiError, AmiError, ConfigError, PromptError
 from ivr_engine.flow.channel import CallChannel
 from ivr_engine.flow.services import DialplanQueueGateway, QueueGateway, QueueOutcome, QueueRequest
 from ivr_engine.pbx_commands import AcdAmiBridge, AmiPbxCommands
+from ivr_engine.prompts import PromptCatalogue, Utterance, language_chain
 from ivr_engine.transport.ami import AmiClient
+from ivr_engine.transport.fastagi import AgiSession
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +87,49 @@ def mask_number(number: str) -> str:
     return "*" * (len(digits) - 4) + digits[-4:]
 
 
+def encode_pop(pop: Mapping[str, str]) -> str:
+    """The (masked) screen pop as one channel variable value: URL-encoded, no commas,
+    quotes or spaces that AGI or the dialplan would split on."""
+    return urllib.parse.urlencode(sorted(pop.items()))
+
+
+def decode_pop(text: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(text, keep_blank_values=True))
+
+
 class AcdQueueGateway:
     """`QueueGateway` onto the router; `fallback` (app_queue by default) when it refuses."""
 
-    def __init__(self, router: Router, fallback: QueueGateway | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        fallback: QueueGateway | None = None,
+        *,
+        settings: AcdSettings | None = None,
+        catalogue: PromptCatalogue | None = None,
+    ) -> None:
         self._router = router
         self._fallback = fallback or DialplanQueueGateway()
+        self._settings = settings or AcdSettings()
+        self._catalogue = catalogue
+
+    def _voicemail_prompt(self, language: str) -> str:
+        """The voicemail apology's sound paths for Playback() (`&`-joined), or ""."""
+        cat = self._catalogue
+        if cat is None:
+            return ""
+        root = PurePosixPath(str(cat.sound_root()))
+        try:
+            return "&".join(
+                str(root / u.file) for u in cat.render("queue_voicemail", language_chain(language))
+            )
+        except PromptError:
+            return ""
 
     async def enqueue(self, channel: CallChannel, request: QueueRequest) -> QueueOutcome:
         pop = dict(request.data)
         pop.setdefault("caller", mask_number(channel.caller.number))
+        caller = "" if channel.caller.withheld else channel.caller.number
         try:
             self._router.register(
                 request.call_id,
@@ -89,6 +138,7 @@ class AcdQueueGateway:
                 priority=request.priority,
                 language=request.language,
                 screen_pop=pop,
+                caller=caller,
             )
         except (AcdError, RuntimeError) as exc:
             log.error(
@@ -98,8 +148,24 @@ class AcdQueueGateway:
                 exc,
             )
             return await self._fallback.enqueue(channel, request)
-        await channel.set_variable("IVR_NEXT", "acd")
-        await channel.set_variable("IVR_QUEUE", request.queue)
+        s = self._settings
+        # The call's description, for the dialplan, the witnesses and a restarted daemon.
+        for name, value in (
+            ("IVR_QUEUE", request.queue),
+            ("IVR_PRIORITY", str(request.priority)),
+            ("IVR_SKILLS", request.skills),
+            ("IVR_LANGUAGE", request.language),
+            *((f"IVR_DATA_{k.upper()}", v) for k, v in request.data.items()),
+            ("ACD_CALLER", caller),
+            ("ACD_POP", encode_pop(pop)),
+            # Channel variables shadow the [globals] of the same name in extensions.conf.
+            ("ACD_RING", str(max(1, round(s.ring_timeout)))),
+            ("ACD_ANNOUNCE", str(round(s.announce_every) if s.announce_every else 3600)),
+            ("ACD_REC_DIR", s.recordings_dir.rstrip("/")),
+            ("ACD_VM_PROMPT", self._voicemail_prompt(request.language)),
+            ("IVR_NEXT", "acd"),
+        ):
+            await channel.set_variable(name, value)
         return QueueOutcome("handed_off", detail="acd")
 
 
@@ -139,26 +205,37 @@ class AcdService:
         publisher: Publisher,
         mqtt: MqttSettings | None,
         *,
-        ring_timeout: float = 15.0,
+        ring_timeout: float | None = None,
         extensions: Sequence[Extension] = (),
+        settings: AcdSettings | None = None,
+        catalogue: PromptCatalogue | None = None,
     ) -> None:
         self.roster_path = roster_path
         self.extensions = tuple(extensions)
         self.publisher = publisher
         self.mqtt = mqtt
+        self.settings = s = settings or AcdSettings()
+        self.catalogue = catalogue
+        self.ami = ami
         try:
             roster = Roster.load(roster_path)
         except AcdError as exc:  # start-up: a configuration error, exit 2 with the file named
-            raise ConfigError(str(exc), source="IVR_ACD_ROSTER") from None
+            raise ConfigError(str(exc), source="acd.roster") from None
         self.router = Router(
             roster,
             AmiPbxCommands(ami),
             publisher,
-            ring_timeout=ring_timeout,
+            ring_timeout=ring_timeout if ring_timeout is not None else s.ring_timeout,
+            max_misses=s.max_misses,
             pop_sender=self.send_pop if mqtt is not None else None,
         )
+        r = self.router
+        r.callback_key, r.operator_key = s.callback_key, s.operator_key
+        r.callback_retries, r.callback_retry_after = s.callback_retries, s.callback_retry_after
+        r.callback_placer = self
         self.bridge = AcdAmiBridge(ami, self.router)
-        self.gateway = AcdQueueGateway(self.router)
+        self.gateway = AcdQueueGateway(self.router, settings=s, catalogue=catalogue)
+        self.announcements = 0
         self._publisher = publisher
         self._mqtt = mqtt
         self._task: asyncio.Task[None] | None = None
@@ -172,7 +249,7 @@ class AcdService:
                 await extensions.enter_async_context(extension(self))
             self.bridge.start()
             if self.bridge.ami_connected:  # connected before we subscribed: read state now
-                self.router.spawn(self.bridge.rebuild(), "acd-rebuild-contacts")
+                self.router.spawn(self.bridge.rebuild_all(), "acd-rebuild")
             if self._mqtt is not None:
                 self._task = asyncio.get_running_loop().create_task(
                     self._commands(self._mqtt), name="acd-commands"
@@ -185,6 +262,154 @@ class AcdService:
                     self._task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._task
+
+    # ------------------------------------------------------------------ waiting callers (AGI)
+
+    async def handle_agi(self, session: AgiSession, script: str) -> None:
+        """[acd-wait]'s scripts: `acd-announce` and `acd-key` (argument 1: the key). A caller
+        the router does not know (any more) hears nothing and keeps waiting."""
+        call_id = session.env.uniqueid
+        if script == "acd-key":
+            await self._key(session, call_id, session.env.get("agi_arg_1"))
+        else:
+            await self._announce(session, call_id)
+
+    def _sounds(self) -> PromptCatalogue:
+        if self.catalogue is None:
+            raise PromptError("no prompt catalogue for the ACD's announcements")
+        return self.catalogue
+
+    async def _play(self, session: AgiSession, utterances: list[Utterance], keys: str) -> str:
+        root = PurePosixPath(str(self._sounds().sound_root()))
+        for utterance in utterances:
+            digit = await session.stream_file(str(root / utterance.file), keys, sensitive=True)
+            if digit:
+                return digit
+        return ""
+
+    def announcement(self, call_id: str) -> tuple[list[Utterance], str, dict[str, Any]] | None:
+        """What a waiting caller hears now, the keys that interrupt it, and what it says."""
+        router = self.router
+        info = router.wait_info(call_id)
+        call = router.calls.get(call_id)
+        if info is None or call is None:
+            return None
+        cat, langs = self._sounds(), language_chain(call.language)
+        out = cat.render("queue_position", langs, {"position": info.position})
+        minutes = None if info.estimate is None else max(1, math.ceil(info.estimate / 60))
+        if minutes is None:
+            out += cat.render("queue_busy_apology", langs)
+        elif minutes < 2:
+            out += cat.render("queue_wait_short", langs)
+        else:
+            out += cat.render("queue_wait", langs, {"minutes": minutes})
+        policy = router.roster.policy(call.queue)
+        keys = ""
+        if policy.callback and call.caller and self.settings.callback_key:
+            keys += self.settings.callback_key
+            out += cat.render("queue_callback_key", langs, {"key": self.settings.callback_key})
+        if policy.operator and self.settings.operator_key:
+            keys += self.settings.operator_key
+            out += cat.render("queue_operator_key", langs, {"key": self.settings.operator_key})
+        said = {
+            "position": info.position,
+            "estimate": None if info.estimate is None else round(info.estimate, 1),
+            "minutes": minutes,
+            "agents": info.agents,
+            "handle_time": round(info.handle_time, 1),
+            "keys": keys,
+            "language": langs[0],
+        }
+        return out, keys, said
+
+    async def _announce(self, session: AgiSession, call_id: str) -> None:
+        found = self.announcement(call_id)
+        if found is None:
+            log.debug("acd-announce for %s: not waiting in the ACD", call_id)
+            return
+        utterances, keys, said = found
+        self.announcements += 1
+        log.info("acd-announce %s: %s", call_id, said)
+        self.publisher.publish(
+            f"acd/call/{call_id}/announced", {"event": "WaitAnnounced", "call_id": call_id, **said}
+        )
+        try:
+            key = await self._play(session, utterances, keys)
+        except AgiError as exc:  # hung up, or redirected to an agent mid-sentence
+            log.debug("acd-announce %s cut short: %s", call_id, exc)
+            return
+        if key:
+            await self._key(session, call_id, key)
+
+    async def _key(self, session: AgiSession, call_id: str, key: str) -> None:
+        action = self.router.key_pressed(call_id, key)
+        log.info("acd-key %s: key pressed -> %s", call_id, action or "keep waiting")
+        call_lang = session.env.get("agi_arg_2") or "cmn"
+        try:
+            await session.set_variable("ACD_KEY", action)
+            if action == "operator":
+                await session.set_variable("IVR_NEXT", "operator")
+                cat = self._sounds()
+                await self._play(session, cat.render("operator", language_chain(call_lang)), "")
+            elif action == "callback":
+                call = self.router.calls.get(call_id)
+                langs = language_chain(call.language if call is not None else call_lang)
+                number = call.caller if call is not None else ""
+                cat = self._sounds()
+                await self._play(
+                    session, cat.render("callback_confirmed", langs, {"number": number}), ""
+                )
+        except AgiError as exc:
+            log.debug("acd-key %s: caller gone (%s)", call_id, exc)
+
+    # ------------------------------------------------------------------ callbacks
+
+    async def place(self, call: RoutedCall, agent: str, endpoint: str) -> None:
+        """`CallbackPlacer`: Originate the agent's phone into [acd-callback]; there the agent
+        hears who it is, then the customer's number is dialled. An agent who does not answer
+        is a ring-no-answer (the call keeps its place)."""
+        s = self.settings
+        intro: list[Utterance] = []
+        if self.catalogue is not None:
+            # The agents' own language is not in the roster: the hotline's default.
+            intro = self.catalogue.render(
+                "callback_agent_intro", language_chain("cmn"), {"number": call.caller}
+            )
+        root = PurePosixPath(str(self.catalogue.sound_root())) if self.catalogue else None
+        sounds = "&".join(str(root / u.file) for u in intro) if root is not None else ""
+        action_id = await self.ami.originate(
+            channel=endpoint,
+            context="acd-callback",
+            exten="s",
+            caller_id=f'"Callback {mask_number(call.caller)}" <{agent}>',
+            variables={
+                "ACD_CALL": call.call_id,
+                "ACD_AGENT": agent,
+                "ACD_DIAL": s.callback_dial.format(number=call.caller),
+                "ACD_CB_RING": str(round(s.callback_ring)),
+                "ACD_INTRO": sounds,
+                "ACD_REC_DIR": s.recordings_dir.rstrip("/"),
+            },
+            ring_timeout=self.router.ring_timeout,
+        )
+        self.router.spawn(
+            self._callback_outcome(action_id, call.call_id, agent),
+            f"acd-callback-wait-{call.call_id}",
+        )
+
+    async def _callback_outcome(self, action_id: str, call_id: str, agent: str) -> None:
+        try:
+            response = await self.ami.originate_response(
+                action_id, timeout=self.router.ring_timeout + 15
+            )
+        except AmiError as exc:
+            log.warning("callback %s: no originate outcome (%s): the guard requeues", call_id, exc)
+            return
+        if not response.success:
+            log.info(
+                "callback %s: agent %s did not answer (reason %s)", call_id, agent, response.reason
+            )
+            self.router.dial_result(call_id, agent, "NOANSWER")
 
     def reload(self) -> None:
         """Re-read the roster; a roster that does not load leaves the running one in force."""

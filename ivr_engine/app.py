@@ -66,6 +66,9 @@ from ivr_engine.transport.fastagi import AgiSession, FastAgiServer
 
 log = logging.getLogger(__name__)
 
+#: FastAGI scripts of [acd-wait] (extensions-acd.conf), answered by the ACD service.
+ACD_SCRIPTS = frozenset({"acd-announce", "acd-key"})
+
 
 class _NullNotifier:
     """Stands in for MQTT when it is disabled in the settings."""
@@ -147,22 +150,27 @@ class Engine:
                         self._keep_connecting_ami(), name="ami-connect"
                     )
                     stack.push_async_callback(self._stop_ami_task)
-            # --- ACD (issue 6): ivr-engine routes queued calls itself when a roster is set.
-            # Until config.py has `acd.roster`, the environment variable IVR_ACD_ROSTER names
-            # it ("" = asterisk-conf/agents.yaml); unset = the dialplan's app_queue as before.
+            # --- ACD (issue 6): ivr-engine routes queued calls itself (`[acd]`, on by default;
+            # it needs AMI). Off, the dialplan's app_queue holds them. The environment variable
+            # IVR_ACD_ROSTER (older scripts) still names a roster ("" = acd.roster) and turns
+            # the ACD on.
             acd_roster = os.environ.get("IVR_ACD_ROSTER")
-            if acd_roster is not None and self.ami is not None:
+            if (s.acd.enabled or acd_roster is not None) and self.ami is not None:
                 from ivr_engine.acd_extensions import EXTENSIONS
                 from ivr_engine.acd_gateway import AcdService
 
                 acd = AcdService(
-                    self.path(acd_roster or "asterisk-conf/agents.yaml"),
+                    self.path(acd_roster or s.acd.roster),
                     self.ami,
                     self.notifier,
                     s.mqtt if s.mqtt.enabled else None,
                     extensions=EXTENSIONS,
+                    settings=s.acd,
+                    catalogue=self.catalogue,
                 )
                 self.acd = await stack.enter_async_context(acd.running())
+            elif s.acd.enabled:
+                log.warning("acd.enabled but AMI is off: app_queue holds queued callers")
             # --- end ACD
             if self._stop.is_set():
                 log.info("stopped during start-up")
@@ -253,8 +261,14 @@ class Engine:
         try:
             if self.registry is None or self.catalogue is None or self.recorder is None:
                 raise RuntimeError("engine not started")
+            script = env.network_script.strip("/")
+            if script in ACD_SCRIPTS:
+                # A caller waiting in [acd-wait]: an announcement or a key, not a new call.
+                if self.acd is not None:
+                    await self.acd.handle_agi(session, script)
+                return
             flows = self.registry.current()
-            script = env.network_script.strip("/") or (flows.entry or "")
+            script = script or (flows.entry or "")
             channel = AgiCallChannel(session, sound_dir=str(self.catalogue.sound_root()))
             record = CallRecord.start(
                 call_id,

@@ -87,6 +87,71 @@ class LogSettings:
     file: str = ""
 
 
+_KEY = frozenset("0123456789*#")
+
+
+@dataclass(frozen=True)
+class AcdSettings:
+    """ivr-engine's own ACD (acd/router.py). Off: the dialplan's app_queue takes queued calls.
+
+    Times are seconds. `announce_every` 0 = no position/wait announcements. `callback_key` and
+    `operator_key` are DTMF keys the caller may press while waiting ("" = not offered; the
+    operator key only where the roster's queue has `operator: true`). `callback_dial` is the
+    PBX dial string of a customer's number for callbacks ({number} is replaced).
+    `recordings_dir` is where Asterisk's MixMonitor writes agent calls, as Asterisk sees the
+    path (in the dev PBX: inside its root)."""
+
+    enabled: bool = True
+    roster: str = "asterisk-conf/agents.yaml"
+    ring_timeout: float = 15.0
+    max_misses: int = 2
+    announce_every: float = 30.0
+    callback_key: str = "1"
+    operator_key: str = "0"
+    callback_dial: str = "PJSIP/devtrunk/sip:{number}@127.0.0.1:5062"
+    callback_ring: float = 30.0
+    callback_retries: int = 1
+    callback_retry_after: float = 60.0
+    recordings_dir: str = "/var/spool/asterisk/monitor/acd"
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("ring_timeout", 1.0 <= self.ring_timeout <= 300.0, "between 1 and 300 seconds"),
+            ("max_misses", 1 <= self.max_misses <= 100, "between 1 and 100"),
+            (
+                "announce_every",
+                self.announce_every == 0 or 10.0 <= self.announce_every <= 3600.0,
+                "0 (off) or between 10 and 3600 seconds",
+            ),
+            (
+                "callback_key",
+                len(self.callback_key) <= 1 and set(self.callback_key) <= _KEY,
+                "one key of 0-9 * # or empty",
+            ),
+            (
+                "operator_key",
+                len(self.operator_key) <= 1 and set(self.operator_key) <= _KEY,
+                "one key of 0-9 * # or empty",
+            ),
+            ("callback_dial", "{number}" in self.callback_dial, "a dial string with {number}"),
+            ("callback_ring", 5.0 <= self.callback_ring <= 300.0, "between 5 and 300 seconds"),
+            ("callback_retries", 0 <= self.callback_retries <= 5, "between 0 and 5"),
+            ("callback_retry_after", self.callback_retry_after >= 0, "0 or more seconds"),
+            ("recordings_dir", self.recordings_dir.startswith("/"), "an absolute path"),
+        )
+        for key, ok, want in checks:
+            if not ok:
+                raise _Invalid(key, f"must be {want}, got {getattr(self, key)!r}")
+        if self.callback_key and self.callback_key == self.operator_key:
+            raise _Invalid("operator_key", "must differ from callback_key")
+
+
+class _Invalid(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 @dataclass(frozen=True)
 class Settings:
     agi: AgiSettings = field(default_factory=AgiSettings)
@@ -97,6 +162,7 @@ class Settings:
     prompts: PromptSettings = field(default_factory=PromptSettings)
     pbx: PbxSettings = field(default_factory=PbxSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    acd: AcdSettings = field(default_factory=AcdSettings)
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -167,7 +233,10 @@ def _apply(base: Settings, overrides: Mapping[str, Mapping[str, Any]], *, source
                     key=f"{section_name}.{key}",
                 )
             changes[key] = _coerce(value, hints[key], source=source, key=f"{section_name}.{key}")
-        new_sections[section_name] = dataclasses.replace(current, **changes)
+        try:
+            new_sections[section_name] = dataclasses.replace(current, **changes)
+        except _Invalid as exc:
+            raise ConfigError(str(exc), source=source, key=f"{section_name}.{exc.key}") from None
     return dataclasses.replace(base, **new_sections)
 
 

@@ -6,21 +6,24 @@ asterisk-conf/manager.conf). Each waits for Asterisk's response with the client'
 and raises `AmiError` on refusal or loss; the router counts and logs the failure, and its guard
 timer requeues an offer whose Redirect was lost.
 
-Events: the dialplan's UserEvents (`AcdWaiting`, `AcdAnswered`, `AcdDialResult`, see
-[acd-wait]/[acd-connect] in asterisk-conf/extensions.conf), `Hangup` of a caller's channel,
-and `ContactStatus` of the agents' phones. After every (re)connect the registered contacts are
-read back (`Getvar DEVICE_STATE(...)`), so agent states after a daemon or PBX restart come from
-the PBX, not from a guess.
+Events: the dialplan's UserEvents (`AcdWaiting`, `AcdAnswered`, `AcdDialResult`,
+`AcdCallbackResult`, `AcdVoicemail`, see asterisk-conf/extensions-acd.conf), `Hangup` of a
+caller's channel, and `ContactStatus` of the agents' phones. After every (re)connect the
+registered contacts are read back (`Getvar DEVICE_STATE(...)`), so agent states after a daemon
+or PBX restart come from the PBX, not from a guess; and the callers still waiting in
+[acd-wait] are listed (`CoreShowChannels`, class reporting) and re-entered with the
+description the queue node left in their channel variables (`Getvar`, class call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from collections.abc import Callable
 
 from acd.errors import AcdError
-from acd.router import Router
+from acd.router import WAIT_CONTEXT, Router
 from ivr_engine.errors import AmiError
 from ivr_engine.protocol.ami import AmiEvent, AmiResponse, ContactStatus, Hangup
 from ivr_engine.transport.ami import CONNECTED, AmiClient
@@ -32,6 +35,8 @@ _UP = frozenset({"created", "reachable", "updated", "nonqualified", "avail"})
 _DOWN = frozenset({"removed", "unreachable", "unavail"})
 #: DEVICE_STATE() values of a phone that cannot take a call (no contact registered).
 _DEVICE_DOWN = frozenset({"", "UNAVAILABLE", "INVALID", "UNKNOWN"})
+#: The channel variables a waiting caller's description is rebuilt from (acd_gateway.py).
+_DESCRIPTION = ("IVR_QUEUE", "IVR_SKILLS", "IVR_PRIORITY", "IVR_LANGUAGE", "ACD_CALLER", "ACD_POP")
 
 
 class AmiPbxCommands:
@@ -92,7 +97,65 @@ class AcdAmiBridge:
         self._unsubscribe.clear()
 
     def _on_connected(self, event: AmiEvent) -> None:
-        self._router.spawn(self.rebuild(), "acd-rebuild-contacts")
+        self._router.spawn(self.rebuild_all(), "acd-rebuild")
+
+    async def rebuild_all(self) -> None:
+        """Agents first (so the rebuilt callers find them), then the waiting callers."""
+        await self.rebuild()
+        await self.rebuild_waiting()
+
+    async def rebuild_waiting(self) -> int:
+        """Re-enter the callers waiting in [acd-wait] that the router does not know (after a
+        daemon restart); returns how many. A caller whose description cannot be read or is
+        refused goes to the operators, not back to endless music."""
+        try:
+            channels = await self._ami.list_action({"Action": "CoreShowChannels"})
+        except AmiError as exc:
+            log.warning("ACD: cannot list the waiting callers (%s)", exc)
+            return 0
+        waiting = [
+            (c.fields.get("Uniqueid", ""), c.fields.get("Channel", ""))
+            for c in channels
+            if c.fields.get("Context", "") == WAIT_CONTEXT
+        ]
+        rebuilt = 0
+        for call_id, channel in waiting:
+            if not call_id or not channel or call_id in self._router.calls:
+                continue
+            try:
+                got = {}
+                for name in _DESCRIPTION:
+                    reply = await self._ami.action(
+                        {"Action": "Getvar", "Channel": channel, "Variable": name}
+                    )
+                    value = reply.fields.get_str("Value") if isinstance(reply, AmiResponse) else ""
+                    got[name] = value
+            except AmiError as exc:
+                log.warning("ACD: waiting caller %s not readable (%s)", call_id, exc)
+                continue
+            pop = dict(urllib.parse.parse_qsl(got["ACD_POP"], keep_blank_values=True))
+            try:
+                priority = int(got["IVR_PRIORITY"] or 0)
+                done = self._router.rebuild_waiting(
+                    call_id,
+                    channel,
+                    queue=got["IVR_QUEUE"],
+                    requirement=got["IVR_SKILLS"],
+                    priority=priority,
+                    language=got["IVR_LANGUAGE"],
+                    screen_pop=pop,
+                    caller=got["ACD_CALLER"],
+                )
+            except (AcdError, ValueError) as exc:
+                log.error("ACD: waiting caller %s cannot be rebuilt (%s): operators", call_id, exc)
+                self._router.call_waiting(call_id, channel)  # unknown call: to the operators
+                continue
+            rebuilt += done
+        if waiting:
+            log.info(
+                "ACD: %d caller(s) waiting in %s, %d rebuilt", len(waiting), WAIT_CONTEXT, rebuilt
+            )
+        return rebuilt
 
     async def rebuild(self) -> int:
         """Ask the PBX which agent phones can take a call now and log `login: auto` agents in
@@ -148,9 +211,19 @@ class AcdAmiBridge:
         if kind == "AcdWaiting":
             self._guard(self._router.call_waiting, call, f.get("Channel", ""))
         elif kind == "AcdAnswered":
-            self._guard(self._router.answered, call, f.get("Agent", ""))
+            self._guard(self._router.answered, call, f.get("Agent", ""), f.get("Recording", ""))
         elif kind == "AcdDialResult":
             self._guard(self._router.dial_result, call, f.get("Agent", ""), f.get("Status", ""))
+        elif kind == "AcdCallbackResult":
+            self._guard(self._router.callback_result, call, f.get("Agent", ""), f.get("Status", ""))
+        elif kind == "AcdVoicemail":
+            self._guard(
+                self._router.voicemail_result,
+                call,
+                f.get("Queue", ""),
+                f.get("Status", ""),
+                f.get("Mailbox", ""),
+            )
 
     def _guard(self, handler: Callable[..., None], *args: str | bool) -> None:
         """An event the ACD refuses is logged with its arguments (no PINs travel here)."""

@@ -15,6 +15,7 @@ from ivr_engine.acd_gateway import (
     AcdQueueGateway,
     AcdService,
     CommandError,
+    decode_pop,
     mask_number,
     parse_command,
 )
@@ -51,7 +52,22 @@ async def test_gateway_registers_the_call_and_hands_it_to_the_acd_context() -> N
         channel = Channel()
         outcome = await AcdQueueGateway(router).enqueue(channel, request())  # type: ignore[arg-type]
         assert outcome.kind == "handed_off" and outcome.detail == "acd"
-        assert channel.vars == {"IVR_NEXT": "acd", "IVR_QUEUE": "vip"}
+        assert channel.vars == {
+            "IVR_QUEUE": "vip",
+            "IVR_PRIORITY": "10",
+            "IVR_SKILLS": "cantonese and private_banking",
+            "IVR_LANGUAGE": "yue",
+            "IVR_DATA_TIER": "vip",
+            "ACD_CALLER": "13926000001",
+            "ACD_POP": "caller=%2A%2A%2A%2A%2A%2A%2A0001&tier=vip",
+            "ACD_RING": "15",
+            "ACD_ANNOUNCE": "30",
+            "ACD_REC_DIR": "/var/spool/asterisk/monitor/acd",
+            "ACD_VM_PROMPT": "",
+            "IVR_NEXT": "acd",
+        }
+        assert list(channel.vars)[-1] == "IVR_NEXT"  # set last: the description is complete
+        assert decode_pop(channel.vars["ACD_POP"]) == {"tier": "vip", "caller": "*******0001"}
         call = router.calls["c1"]
         assert call.priority == 0 and call.requirement == "cantonese and private_banking"
         assert call.screen_pop == {"tier": "vip", "caller": "*******0001"}
