@@ -212,6 +212,7 @@ class QueueStats:
         self._is_acd_queue = is_acd_queue
         self._day_of = day_of
         self.day = ""
+        self._day_ends = float("-inf")
         self.today: defaultdict[str, Tally] = defaultdict(Tally)
         self.recent = _Window(window)
         self.queues: set[str] = set()
@@ -338,10 +339,15 @@ class QueueStats:
         return True
 
     def _roll(self, at: float) -> None:
+        if at < self._day_ends:
+            return
         day = self._day_of(at)
         if day > self.day:
             self.day = day
             self.today.clear()
+        if self._day_of is local_day:  # the next check at the next local midnight
+            start = dt.datetime.fromtimestamp(at).date() + dt.timedelta(days=1)
+            self._day_ends = dt.datetime.combine(start, dt.time()).timestamp()
 
     # ------------------------------------------------------------------ figures out
 

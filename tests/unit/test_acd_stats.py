@@ -319,3 +319,18 @@ async def test_the_extension_publishes_retained_figures_every_interval() -> None
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="threshold"):
         QueueStats(threshold=0)
+
+
+def test_the_local_day_rolls_over_at_local_midnight() -> None:
+    import datetime as dt
+
+    midnight = dt.datetime(2026, 11, 21).timestamp()  # local
+    stats = QueueStats()  # the real local_day
+    stats.on_event(enter(midnight - 2, "late"))
+    stats.on_event(ev(midnight - 1, "ABANDON", "late", waittime=1.0, ringing=False))
+    before = stats.snapshot(midnight - 0.5)[ALL]["today"]
+    assert (before["date"], before["offered"], before["abandoned"]) == ("2026-11-20", 1, 1)
+    stats.on_event(enter(midnight + 1, "early"))
+    after = stats.snapshot(midnight + 2)
+    assert (after[ALL]["today"]["date"], after[ALL]["today"]["offered"]) == ("2026-11-21", 1)
+    assert after[ALL]["today"]["abandoned"] == 0 and after[ALL]["waiting"] == 1
