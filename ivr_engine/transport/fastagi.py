@@ -83,10 +83,11 @@ CLOSE_TIMEOUT = 2.0  # seconds to let a socket close politely before aborting it
 PROBE_TIMEOUT = 5.0  # CHANNEL STATUS after a -1 result, to tell "hung up" from "failed"
 REJECT_LIMIT = 64  # over-cap connections being told FAILURE at once; beyond, plain close
 REFUSAL_LOG_INTERVAL = 60.0  # one WARNING per refused address (or for the cap) per interval
-# Connections that have not sent their environment yet, apart from the calls in progress: a
-# real Asterisk sends it within milliseconds of connecting (a handful are pending at 300
-# calls/s), so a flood of silent connections cannot take the calls' slots.
-MAX_PENDING = 1000
+# Connections that have not sent their environment yet, apart from the calls in progress, so
+# a flood of silent connections cannot take the calls' slots. Larger than LISTEN_BACKLOG: one
+# burst of accepts (asyncio accepts up to `backlog` at a time, each pending until its task
+# runs) must not fill it. Measured: a cap of 256 was overrun by such bursts at 200 calls/s.
+MAX_PENDING = 2000
 # A pending connection younger than this is not evicted to make room (one burst of accepts
 # must not evict a real call before its environment could be read): the newcomer is told
 # FAILURE instead, and the dialplan's fallback takes that caller.

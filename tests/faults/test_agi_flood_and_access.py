@@ -1,7 +1,7 @@
-"""Bad input at the FastAGI door: a thousand connections that say nothing, and connections
+"""Bad input at the FastAGI door: thousands of connections that say nothing, and connections
 from an address that is not allowed.
 
-- Flood: 1,000 silent connections held open against the real daemon (each one reopened when
+- Flood: 2,000 silent connections held open against the real daemon (each one reopened when
   the daemon closes it at `agi.header_timeout`), which fills the cap of connections that have
   not sent their environment (`MAX_PENDING`, counted apart from `agi.max_sessions`), while a
   real call comes in through Asterisk: the oldest silent one makes room and the call is
@@ -96,10 +96,10 @@ class Flood:
 @pytest.mark.pbx
 @pytest.mark.sip
 @pytest.mark.slow
-def test_thousand_silent_connections_a_real_call_is_served_the_cap_holds(
+def test_silent_connection_flood_a_real_call_is_served_the_pending_cap_holds(
     dev_pbx, hotline, prompts_built, daemons
 ):
-    # agi.max_pending is 1000 (MAX_PENDING): the flood fills it exactly.
+    # MAX_PENDING (2000) connections that have not sent their environment: the flood fills it.
     d = daemons(IVR_ENGINE_AGI_MAX_SESSIONS="20", IVR_ENGINE_AGI_HEADER_TIMEOUT="5")
     d.seed(customers=0)
     d.start()
@@ -108,7 +108,7 @@ def test_thousand_silent_connections_a_real_call_is_served_the_cap_holds(
     try:
         flood.wait_open(MAX_PENDING)
         time.sleep(1.5)  # older than PENDING_GRACE: the oldest may now be evicted
-        # Silent connections are not calls: 1,000 of them and max_sessions=20 still serve it.
+        # Silent connections are not calls: 2,000 of them and max_sessions=20 still serve it.
         call = call_hotline(dev_pbx.sip_port, "13500000004", "p2,0")
         served_during = flood.open
         # Past the pending cap: the oldest silent ones are told FAILURE and closed.
