@@ -39,11 +39,14 @@ import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from acd.errors import AcdError
 from acd.queue_events import QueueEvent
 from acd.requirement import Requirement, parse
+from ivr_engine.errors import IvrError
+from ivr_engine.queue_log import QueueLog, store_path
 
 if TYPE_CHECKING:
     from acd.roster import Roster
@@ -222,6 +225,24 @@ class QueueStats:
         self._heads: defaultdict[str, list[tuple[float, str]]] = defaultdict(list)
         self._tasks: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.events = 0
+        self._before: set[str] = set()  # calls that entered before a restart (`replay`)
+
+    def replay(self, events: Iterable[QueueEvent]) -> int:
+        """Rebuild today's and the window's counts from the queue log after a restart. Which
+        calls waited then is not taken over: the router rebuilds those that still wait, and
+        their new ENTERQUEUE is not offered twice. Returns the events replayed."""
+        count = 0
+        for event in events:
+            self.on_event(event)
+            count += 1
+            if event.verb == "ENTERQUEUE":
+                self._before.add(event.call_id)
+        self._calls.clear()
+        self._waiting.clear()
+        self._ringing.clear()
+        self._heads.clear()
+        self._tasks.clear()
+        return count
 
     # ------------------------------------------------------------------ events in
 
@@ -238,7 +259,10 @@ class QueueStats:
         if event.queue:
             self.queues.add(event.queue)
         call = self._calls.get(event.call_id)
+        again = False
         if verb == "ENTERQUEUE":
+            # The same call entering again (the router rebuilt it after a restart) is one call.
+            again = call is not None or event.call_id in self._before
             if call is not None:
                 self._leave(event.call_id, call)
             kind = work_kind(event)
@@ -267,6 +291,8 @@ class QueueStats:
         requeued = False
         if verb == "EXITWITHTIMEOUT":
             requeued = self._overflow(event, call)
+        if again:
+            return
         for scope, d in deltas(event, requeued=requeued, threshold=self.threshold):
             self.today[scope].add(d)
             self.recent.add(event.time, scope, d)
@@ -345,6 +371,7 @@ class QueueStats:
         if day > self.day:
             self.day = day
             self.today.clear()
+            self._before.clear()
         if self._day_of is local_day:  # the next check at the next local midnight
             start = dt.datetime.fromtimestamp(at).date() + dt.timedelta(days=1)
             self._day_ends = dt.datetime.combine(start, dt.time()).timestamp()
@@ -468,6 +495,26 @@ class ServingAgents:
         )
 
 
+async def replay_today(
+    stats: QueueStats, path: Path, *, now: float | None = None, limit: float = 5.0
+) -> int:
+    """Feed today's events from the queue log at `path` into `stats` (after a restart the day's
+    figures go on, not from zero). A log that is missing, locked or slower than `limit` is
+    logged and the figures start from zero: the ACD waits at most `limit` s for them."""
+    at = time.time() if now is None else now
+    midnight = dt.datetime.combine(dt.datetime.fromtimestamp(at).date(), dt.time()).timestamp()
+    try:
+        async with asyncio.timeout(limit):
+            async with await QueueLog.open(path, readonly=True, busy_timeout=1.0) as queue_log:
+                events = await queue_log.events(midnight, at + 1.0)
+    except (IvrError, TimeoutError) as exc:
+        log.info("ACD statistics: today's figures start from zero (queue log %s: %s)", path, exc)
+        return 0
+    count = stats.replay(events)
+    log.info("ACD statistics: today's figures rebuilt from %d queue events in %s", count, path)
+    return count
+
+
 def topic_name(queue: str) -> str:
     """A queue name as one MQTT topic level (no separators or wildcards)."""
     return "".join("_" if c in "/+#" else c for c in queue) or "_"
@@ -483,6 +530,10 @@ async def acd_stats_extension(
         is_acd_queue=lambda name: name != "*" and name in router.roster.queues,
     )
     serving = ServingAgents()
+    try:
+        await replay_today(stats, store_path(service))
+    except IvrError as exc:  # the settings could not be read again: figures from zero
+        log.warning("ACD statistics: today's figures start from zero (%s)", exc)
 
     def listener(event: QueueEvent) -> None:
         stats.on_event(event)
@@ -571,9 +622,14 @@ def report(events: Iterable[QueueEvent], *, threshold: float = SL_THRESHOLD) -> 
                 tasks.add(event.call_id)
     queues: defaultdict[str, Tally] = defaultdict(Tally)
     agents: defaultdict[str, AgentTally] = defaultdict(AgentTally)
+    entered: set[tuple[str, str]] = set()
     for event in events:
         if not event.call_id or event.call_id in tasks:
             continue
+        if event.verb == "ENTERQUEUE":
+            if (event.call_id, event.queue) in entered:
+                continue  # entered again: the router rebuilt it after a restart
+            entered.add((event.call_id, event.queue))
         requeued = False
         if event.verb == "EXITWITHTIMEOUT":
             flag = event.data.get("requeued")

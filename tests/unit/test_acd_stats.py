@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +22,7 @@ from ivr_engine.acd_stats import (
     deltas,
     topic_name,
 )
+from ivr_engine.config import Settings, StoreSettings
 
 
 def ev(t: float, verb: str, call: str = "", queue: str = "vip", agent: str = "", **data: Any):
@@ -282,10 +284,11 @@ class Retained:
             self.count += 1
 
 
-async def test_the_extension_publishes_retained_figures_every_interval() -> None:
+async def test_the_extension_publishes_retained_figures_every_interval(tmp_path: Path) -> None:
     publisher = Retained()
     router = Router(Roster.parse(ROSTER), Pbx(), publisher, ring_timeout=5)
-    service: Any = SimpleNamespace(router=router, publisher=publisher)
+    settings = Settings(store=StoreSettings(path=str(tmp_path / "none.sqlite3")))
+    service: Any = SimpleNamespace(router=router, publisher=publisher, settings=settings)
     async with router, acd_stats_extension(service, interval=0.05):
         router.contact_changed("1002", True)  # ready, but without private_banking
         router.register("c1", queue="vip", requirement="mandarin and private_banking",

@@ -6,16 +6,17 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from acd.queue_events import QueueEvent
-from ivr_engine.acd_stats import QueueStats, report
+from ivr_engine.acd_stats import ALL, QueueStats, replay_today, report
 from ivr_engine.cli import main
 from ivr_engine.commands.stats import render
 from ivr_engine.queue_log import QueueLog, event_row
-from tests.unit.test_acd_stats import STORY
+from tests.unit.test_acd_stats import STORY, enter
 
 DAY = dt.date(2026, 11, 20)
 BASE = dt.datetime.combine(DAY, dt.time(10, 0)).timestamp()  # local 10:00
@@ -136,3 +137,34 @@ def test_the_stats_table_shows_the_figures_and_staleness() -> None:
     assert "SL = answered within 20 s" in lines[-1]
     assert "STALE: no update for 60s" in render(snap, 1066.0)
     assert "(no queue statistics yet)" in render({}, 1.0)
+
+
+async def test_after_a_restart_the_days_figures_are_rebuilt_from_the_queue_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ivr.sqlite3"
+    waiting = enter(1150, "c7")  # still waiting when the daemon stopped
+    await write_log(path, shifted([STORY[0]], BASE - 86_400) + shifted([*STORY, waiting], BASE))
+    stats = QueueStats(window=900.0, is_acd_queue=lambda q: q == "general")
+    now = BASE + 200
+    assert await replay_today(stats, path, now=now) == len(STORY) + 1  # not yesterday's
+    snap = stats.snapshot(now)
+    assert (snap["vip"]["today"]["offered"], snap["vip"]["today"]["answered"]) == (5, 2)
+    assert snap[ALL]["today"]["service_level"] == 0.2  # 1 / (3 + 1 + 1) as before
+    assert snap[ALL]["waiting"] == 0 and snap["vip"]["tasks_waiting"] == {}
+    assert snap[ALL]["recent"]["offered"] == 6  # the window is rebuilt too (all within 900 s)
+    # The router rebuilds c7, which still waits: the same call, not a new one.
+    stats.on_event(dataclasses.replace(enter(0, "c7"), time=now + 1))
+    again = stats.snapshot(now + 2)["vip"]
+    assert again["waiting"] == 1 and again["today"]["offered"] == 5
+    # No log (a first start): the figures start from zero, said once.
+    caplog.set_level(logging.INFO, logger="ivr_engine.acd_stats")
+    assert await replay_today(QueueStats(), tmp_path / "none.sqlite3", now=now) == 0
+    assert any("start from zero" in r.getMessage() for r in caplog.records)
+
+
+def test_a_call_rebuilt_after_a_restart_is_offered_once_in_the_report() -> None:
+    events = [enter(1000, "c1"), enter(1100, "c1"),
+              QueueEvent(1110, "CONNECT", "c1", "vip", "1001", {"holdtime": 10.0})]
+    body = report(events)
+    assert body["all"]["offered"] == 1 and body["queues"]["vip"]["answered"] == 1
