@@ -120,6 +120,23 @@ def _describe(verb: str, args: tuple[Arg, ...], sensitive: bool) -> str:
     return " ".join([verb.upper(), *(repr(a) if isinstance(a, str) else str(a) for a in args)])
 
 
+class _Described:
+    """`_describe()` deferred until the text is needed (an error message, f-strings)."""
+
+    __slots__ = ("verb", "args", "sensitive")
+
+    def __init__(self, verb: str, args: tuple[Arg, ...], sensitive: bool) -> None:
+        self.verb = verb
+        self.args = args
+        self.sensitive = sensitive
+
+    def __str__(self) -> str:
+        return _describe(self.verb, self.args, self.sensitive)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 def _describe_reply(result: AgiResult, sensitive: bool) -> str:
     if sensitive and result.code == 200:
         return f"200 result={WITHHELD}"
@@ -209,7 +226,6 @@ class AgiSession:
         Asterisk runs on a dead channel). Raises AgiHangup, AgiDeadChannel (511),
         AgiCommandError (510/520/503), AgiTimeout, AgiProtocolError, AgiArgumentError.
         """
-        what = _describe(verb, args, sensitive)
         if self._closed:
             if isinstance(self._close_reason, AgiHangup):
                 raise AgiHangup(f"cannot send {verb.upper()}: {self._close_reason}")
@@ -219,7 +235,12 @@ class AgiSession:
             raise AgiHangup(f"cannot send {verb.upper()}: the caller has hung up")
         line = self._conn.send_command(verb, *args)  # AgiArgumentError: nothing was sent
         deadline = self._command_timeout if timeout is None else timeout
-        log.debug("-> %s", what)
+        # Described once per command and only when a line needs it: at INFO, hundreds of
+        # commands a second would otherwise format arguments nobody reads.
+        debug = log.isEnabledFor(logging.DEBUG)
+        what = _describe(verb, args, sensitive) if debug else _Described(verb, args, sensitive)
+        if debug:
+            log.debug("-> %s", what)
         try:
             async with asyncio.timeout(deadline):
                 self._writer.write(line)
@@ -254,7 +275,8 @@ class AgiSession:
             self._writer.close()
             raise
         result = reply.result
-        log.debug("<- %s", _describe_reply(result, sensitive))
+        if debug:
+            log.debug("<- %s", _describe_reply(result, sensitive))
         if result.code == 511:
             self._dead = True
             raise AgiDeadChannel(f"{verb.upper()}: the channel is dead ({result.message})")
@@ -279,7 +301,8 @@ class AgiSession:
             if isinstance(event, HangupNoticed):
                 if not self._hangup_logged:
                     self._hangup_logged = True
-                    log.info("the PBX says the caller hung up (HANGUP notice)")
+                    # DEBUG: whoever handles the hangup logs it once, with where it happened.
+                    log.debug("the PBX says the caller hung up (HANGUP notice)")
                 continue
             if isinstance(event, ConnectionClosed):
                 raise AgiHangup(
