@@ -11,8 +11,8 @@ and logins, and priority changes.
 
 The trace is recorded by driving a heap matcher with a virtual clock (the driver reacts to its
 offers); every matcher call is recorded with its arguments and decisions. The first 45 virtual
-seconds are warm-up: the roster logs in and a burst of calls, spread over the queues like the
-agents' skills and ending like calls already in progress, fills the centre. The recorded trace is
+seconds are warm-up: the roster logs in and a burst of calls (ending like calls already in
+progress) fills the centre, then the steady Poisson stream starts. The recorded trace is
 then replayed through a fresh heap matcher several times, timing each call alone
 (`replay_timed`), and each replay must decide as the recording did; a prefix of it is replayed
 through the reference (it scans every agent per decision), which must decide identically too.
@@ -215,10 +215,6 @@ class _Driver:
         order = sorted(range(N_QUEUES), key=lambda i: -eligible[i])
         qp = np.zeros(N_QUEUES)
         qp[order] = _zipf(N_QUEUES, QUEUE_SKEW)
-        self.qp = qp
-        self.base_queues: dict[str, list[int]] = {}
-        for i, q in enumerate(self.queues):
-            self.base_queues.setdefault(q.requirement.text, []).append(i)
         self.queue_pick = self.rng.choice(N_QUEUES, size=4_000_000, p=qp)
         self.uniform = self.rng.random(size=4_000_000)
         self.u_i = 0
@@ -248,24 +244,6 @@ class _Driver:
         sigma = 0.8
         self.n_i += 1
         return self.u() * mean * math.exp(sigma * float(self.normal[self.n_i]) + sigma * sigma / 2)
-
-    def burst_queue(self) -> int:
-        """A queue for a call of the warm-up burst: one some random agent serves, by the
-        queues' popularity. The burst stands for the calls in progress when measuring starts,
-        so it is spread like the centre's supply; drawn from the arrival mix instead, it would
-        leave a backlog on the busiest queues that takes minutes of virtual time to clear
-        (longer than the 100,000-agent measurement lasts)."""
-        for _ in range(20):
-            spec = self.agents[int(self.u() * len(self.agents))]
-            picks = [
-                i
-                for text in self.m.eligible_requirements(spec.id)
-                for i in self.base_queues.get(text, ())
-            ]
-            if picks:
-                w = self.qp[picks]
-                return picks[int(np.searchsorted(np.cumsum(w), self.u() * w.sum()))]
-        return int(self.queue_pick[self.calls % len(self.queue_pick)])
 
     def push(self, at: float, kind: str, payload: Any) -> None:
         self.seq += 1
@@ -331,10 +309,12 @@ class _Driver:
         self.m.settle()  # roster loaded in bulk: index it now, not on the first calls
         self.trace.setup_events = len(self.trace.events)
         # Fill the centre quickly: a burst of arrivals over the first 30 s, then the steady
-        # Poisson stream; measurement starts at 45 s, with the centre full and queues forming.
+        # Poisson stream (from 30 s: both at once would offer 110% of the centre's capacity
+        # and leave a backlog that the 100,000-agent window, about 50 virtual seconds, would
+        # spend draining); measurement starts at 45 s, with the centre full.
         for _ in range(warm_arrivals):
             self.push(30.0 * self.u(), "arrival", None)
-        self.push(self.exp(1.0 / self.rate), "arrival", "poisson")
+        self.push(30.0 + self.exp(1.0 / self.rate), "arrival", "poisson")
         self.push(self.exp(1.0 / (LOGOUT_RATE_PER_AGENT * len(self.agents))), "churn", None)
         warm_until = 45.0
         target = None
@@ -356,10 +336,7 @@ class _Driver:
                 self.push(now + self.exp(1.0 / self.rate), "arrival", "poisson")
             self.calls += 1
             cid = f"c{self.calls}"
-            if payload is None:
-                q = self.queues[self.burst_queue()]
-            else:
-                q = self.queues[int(self.queue_pick[self.calls % len(self.queue_pick)])]
+            q = self.queues[int(self.queue_pick[self.calls % len(self.queue_pick)])]
             channel = "chat" if self.u() < P_CHAT else "voice"
             prio = PRIORITY_VIP if self.u() < P_VIP else PRIORITY_STANDARD
             self.live.add(cid)

@@ -634,9 +634,10 @@ class Matcher:
         code = heap.code
         push = heappush
         for i in range(start, len(inbox)):
-            avail, idx, ver, occ, handled, last_offer = inbox[i]
-            if vers[idx] is not ver:
-                continue
+            item = inbox[i]
+            if vers[item[1]] is not item[2]:
+                continue  # decided before unpacking: a stale item's numbers stay untouched
+            avail, idx, ver, occ, handled, last_offer = item
             if code == HP:
                 score = 0
                 skills = agents[idx].skills
