@@ -27,12 +27,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from ivr_engine.config import MqttSettings
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+
+# Seconds the drain waits after the first new event, so that the events of that moment go out
+# together rather than one wake-up of the drain task each.
+COALESCE_S = 0.005
+# QoS 0 events are handed to paho without awaiting each one: aiomqtt's `publish()` costs
+# about five event-loop turns and a task per message (measured: ~140 us of CPU per event at
+# 3,000 events/s, 10 events a call). paho queues them and one socket write sends the lot.
+# Past this many packets not yet written, the drain waits for the socket to catch up.
+MAX_UNWRITTEN = 1000
 
 
 @dataclass(frozen=True)
@@ -53,8 +63,10 @@ class MqttNotifier:
         client_id: str = "ivr-engine",
         reconnect_min: float = 0.5,
         reconnect_max: float = 10.0,
+        coalesce: float = COALESCE_S,
     ) -> None:
         self.settings = settings
+        self._coalesce = coalesce
         self.prefix = settings.topic_prefix.strip("/")
         self._client_id = client_id
         self._buffer: deque[_Event] = deque()
@@ -191,6 +203,14 @@ class MqttNotifier:
                     _, event = self._retained.popitem(last=False)
                 else:
                     event = self._buffer[0]
+                    if event.qos == 0:
+                        self._publish_now(client, event)  # MqttError: kept, as below
+                        self._buffer.popleft()
+                        self.published += 1
+                        if self.published % 100 == 0:  # a long backlog must not hold the loop
+                            await asyncio.sleep(0)
+                        await self._catch_up(client)
+                        continue
                 try:
                     await client.publish(
                         event.topic, event.payload, qos=event.qos, retain=event.retain
@@ -203,17 +223,37 @@ class MqttNotifier:
                 if not event.retain:
                     self._buffer.popleft()
                 self.published += 1
+            await self._catch_up(client, 0)  # written, before "emptied" lets close() go on
             self._wakeup.clear()
             self._emptied.set()
             await self._wakeup.wait()
             self._emptied.clear()
+            if self._coalesce > 0:
+                await asyncio.sleep(self._coalesce)
+
+    @staticmethod
+    def _publish_now(client: aiomqtt.Client, event: _Event) -> None:
+        """Queue one QoS 0 message in paho without waiting for it to be written (what
+        `aiomqtt.Client.publish` does before it awaits paho's confirmation)."""
+        info = client._client.publish(event.topic, event.payload, 0, event.retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+
+    @staticmethod
+    async def _catch_up(client: aiomqtt.Client, limit: int = MAX_UNWRITTEN) -> None:
+        """Back-pressure: while paho holds more than `limit` unwritten packets, let the loop
+        write them (paho signals nothing when its queue empties: it is looked at)."""
+        while len(getattr(client._client, "_out_packet", ())) > limit:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:  # raises MqttError when the connection drops
             topic = str(message.topic)
-            payload = message.payload if isinstance(message.payload, bytes) else str(
+            payload = (
                 message.payload
-            ).encode()
+                if isinstance(message.payload, bytes)
+                else str(message.payload).encode()
+            )
             for pattern, handler in self._subscriptions.items():
                 if message.topic.matches(pattern):
                     try:
