@@ -565,8 +565,11 @@ def summarise(
     n = len(lat)
     steady_offers = sum(1 for out in trace.decisions[warm:] for d in out if isinstance(d, Offer))
     methods: dict[str, int] = {}
-    for method, _ in trace.events[warm:]:
+    waited = 0
+    for (method, _), out in zip(trace.events[warm:], trace.decisions[warm:], strict=True):
         methods[method] = methods.get(method, 0) + 1
+        if method == "call_arrived" and not out:
+            waited += 1
     identical, compared, ref_ns, mismatch = ref
     heap_prefix_ns = float(per_event[:compared].mean()) if compared else 0.0
     replay_identical = all(r.identical for r in replays)
@@ -596,6 +599,7 @@ def summarise(
             "p99_us": _us(_percentile(in_driver, 99)),
         },
         "event_mix": methods,
+        "arrivals_waiting_share": round(waited / max(methods.get("call_arrived", 0), 1), 3),
         "offers": steady_offers,
         "end_state": trace.end_state,
         "replay_identical": replay_identical,
