@@ -352,12 +352,30 @@ class AgiSession:
         self._close_reason = reason
         await self.close()
 
+    def _take_buffered_notices(self) -> None:
+        """Read what is already buffered after a reply, without waiting: the HANGUP notice
+        Asterisk writes right after a -1 reply has usually arrived with it (under load
+        always), and then the CHANNEL STATUS probe, a round trip through Asterisk, is not
+        needed. Anything else is left for the next read to report."""
+        try:
+            while self._conn.buffered:
+                event = self._conn.next_event()
+                if not isinstance(event, HangupNoticed):
+                    return
+                if not self._hangup_logged:
+                    self._hangup_logged = True
+                    log.debug("the PBX says the caller hung up (HANGUP notice)")
+        except AgiProtocolError:
+            return  # stored in the connection: the probe's read raises it as usual
+
     async def _check_failed(self, verb: str) -> NoReturn:
         """A `-1` result means "error or hangup": ask CHANNEL STATUS which one it was.
 
         On a hung-up channel Asterisk first sends HANGUP, then answers 511 (res_agi.c
         run_agi() switches to dead mode), so the probe raises AgiHangup/AgiDeadChannel.
         """
+        if not self.hung_up:
+            self._take_buffered_notices()
         if not self.hung_up:
             try:
                 await self.command(

@@ -313,6 +313,31 @@ async def test_minus_one_on_a_live_channel_is_a_command_error_on_a_dead_one_a_ha
     assert rec.values["ok"]
 
 
+async def test_hangup_notice_that_came_with_the_minus_one_reply_saves_the_probe() -> None:
+    """Asterisk writes HANGUP right after a -1 reply; when both are already read, the
+    CHANNEL STATUS round trip is not needed: the next line the fake reads is the SET
+    VARIABLE sent on the dead channel, not a probe."""
+    rec = Recorder()
+
+    async def handler(session: AgiSession) -> None:
+        with pytest.raises(AgiHangup, match="STREAM FILE: the caller hung up"):
+            await session.stream_file("greeting")
+        assert session.hung_up
+        await session.set_variable("IVR_NEXT", "hangup")
+        rec.values["ok"] = True
+
+    async with serving(handler) as server:
+        ast = await FakeAsterisk.connect(server.port)
+        await ast.send(env_block())
+        await ast.expect(
+            "STREAM", "FILE", "greeting", "", reply="200 result=-1 endpos=8480\nHANGUP\n"
+        )
+        await ast.expect("SET", "VARIABLE", "IVR_NEXT", "hangup", reply="200 result=1\n")
+        await ast.assert_closed_by_server()
+        await ast.close()
+    assert rec.values["ok"]
+
+
 async def test_client_disconnects_mid_command() -> None:
     rec = Recorder()
 
