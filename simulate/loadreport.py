@@ -141,3 +141,131 @@ def write(steps: Sequence[StepResult], folder: Path, *, command: str,
     md = folder / "report.md"
     md.write_text(markdown(steps, command=command, context=context), encoding="utf-8")
     return md
+
+
+# ------------------------------------------------------------------ load with agents
+
+
+def agent_sustained(steps: Sequence[Any], router: str) -> float | None:
+    """The highest rate `router` ran with zero failed calls (abandons are callers' choices)."""
+    ok = [s.rate for s in steps if s.router == router and s.zero_failures]
+    return max(ok) if ok else None
+
+
+def _ratio(ours: float | None, theirs: float | None, floor: float = 1.0) -> str:
+    """app_queue / ACD; the ACD's latency is timed in whole milliseconds (the daemon's `at`),
+    so a 0 ms is read as "under 1 ms" and the ratio as a lower bound."""
+    if ours is None or theirs is None:
+        return "-"
+    if ours < floor:
+        return f"> {theirs / floor:.0f}x"
+    return f"{theirs / ours:.1f}x"
+
+
+def agents_markdown(steps: Sequence[Any], *, command: str, context: dict[str, Any]) -> str:
+    lines = ["# Load test with agents: app_queue and ivr-engine's ACD side by side", "",
+             f"Command: `{command}`", ""]
+    for key, value in context.items():
+        lines.append(f"- {key}: {value}")
+    lines += ["", "| router | rate (calls/s) | offered | answered | abandoned | failed | ASA s "
+              "| service level % | AHT s | decision p50 / p99 ms (n) | double offers "
+              "| daemon CPU % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in steps:
+        lines.append(
+            f"| {s.router} | {s.rate:g} | {s.offered} | {s.answered} | {s.abandoned} "
+            f"| **{s.failed}** | {_fmt(s.asa, '.2f')} | {_fmt(s.service_level, '.1f')} "
+            f"| {_fmt(s.aht, '.2f')} | {_fmt(s.decision_ms_p50, '.1f')} / "
+            f"{_fmt(s.decision_ms_p99, '.1f')} ({s.decisions}) "
+            f"| {len(s.double_offers)} / {len(s.phone_double_offers)} "
+            f"| {_fmt(s.daemon_cpu_percent, '.0f')} |")
+    routers = sorted({s.router for s in steps})
+    lines += ["", "Service level: answered within the threshold, % of offered calls. Decision "
+              "latency: from an agent becoming free (app_queue AgentComplete, AMI timestamps; "
+              "ACD CallEnded, the daemon's own clock in whole ms) while a caller waits with no "
+              "offer, to the next offer (AgentCalled; the ACD's screen pop, sent before the "
+              "phone rings). Double offers: by the router's events / at the agents' phones.", ""]
+    for router in routers:
+        best = agent_sustained(steps, router)
+        lines.append(f"- **{router}: sustained with zero failed calls: "
+                     f"{'none of the rates' if best is None else f'{best:g} calls/s'}**")
+    if {"app_queue", "acd"} <= set(routers):
+        lines += ["", "| rate | decision p50 app_queue / ACD | ratio | p99 app_queue / ACD "
+                  "| ratio |", "|---|---|---|---|---|"]
+        for rate in sorted({s.rate for s in steps}):
+            a = next((s for s in steps if s.router == "app_queue" and s.rate == rate), None)
+            o = next((s for s in steps if s.router == "acd" and s.rate == rate), None)
+            if a is None or o is None:
+                continue
+            lines.append(
+                f"| {rate:g} | {_fmt(a.decision_ms_p50, '.1f')} / {_fmt(o.decision_ms_p50, '.1f')}"
+                f" | {_ratio(o.decision_ms_p50, a.decision_ms_p50)} "
+                f"| {_fmt(a.decision_ms_p99, '.1f')} / {_fmt(o.decision_ms_p99, '.1f')} "
+                f"| {_ratio(o.decision_ms_p99, a.decision_ms_p99)} |")
+        a_best, o_best = agent_sustained(steps, "app_queue"), agent_sustained(steps, "acd")
+        if a_best and o_best:
+            lines.append(f"\nRate sustained with zero failed calls, ACD / app_queue: "
+                         f"{o_best / a_best:.2f}x (bounded by the agents' capacity: both may "
+                         f"reach the highest rate tried).")
+    lines.append("")
+    for s in steps:
+        lines.append(f"## {s.router} at {s.rate:g} calls/s for {s.duration:g} s")
+        lines.append("")
+        lines.append(f"- failures by reason: {s.failures or 'none'}; PBX fallback lines "
+                     f"{s.pbx_fallbacks}; calls the daemon failed {s.daemon_failed}")
+        for d in (s.double_offers + s.phone_double_offers)[:5]:
+            lines.append(f"- double offer: `{d}`")
+        lines.append(f"- plot: `{agents_plot_name(s)}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def agents_plot_name(step: Any) -> str:
+    return f"agents-{step.router}-{step.rate:g}cps.png"
+
+
+def agents_plot(step: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = step.series
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    ax = axes[0]
+    ax.plot(s["t"], s["in_system"], label="calls in system (answered by the IVR, not ended)")
+    ax.plot(s["t"], s["waiting"], label="waiting in the queue (no agent yet)")
+    ax.set_ylabel("calls")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{step.router}: {step.rate:g} calls/s for {step.duration:g} s, "
+                 f"{step.agents} agents; {step.failed} failed, {step.abandoned} abandoned")
+    ax = axes[1]
+    ax.plot(s["t"], s["service_level"], color="tab:green")
+    ax.set_ylabel(f"% answered within\n{step.sl_threshold:g} s (by arrival)")
+    ax.set_ylim(-5, 105)
+    ax = axes[2]
+    ax.plot(s["t"], s["decision_ms_p50"], ".", label="decision latency p50")
+    ax.plot(s["t"], s["decision_ms_p99"], ".", label="decision latency p99")
+    ax.set_ylabel("ms (agent free -> offer)")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("seconds since the first call")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_agents(steps: Sequence[Any], folder: Path, *, command: str,
+                 context: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"command": command, "context": context,
+            "sustained_zero_failures": {r: agent_sustained(steps, r)
+                                        for r in sorted({s.router for s in steps})},
+            "steps": [s.to_dict() for s in steps]}
+    (folder / "report.json").write_text(json.dumps(_no_nan(data), indent=1, allow_nan=False),
+                                        encoding="utf-8")
+    for s in steps:
+        agents_plot(s, folder / agents_plot_name(s))
+    md = folder / "report.md"
+    md.write_text(agents_markdown(steps, command=command, context=context), encoding="utf-8")
+    return md
