@@ -295,7 +295,9 @@ class AcdService:
         if info is None or call is None:
             return None
         cat, langs = self._sounds(), language_chain(call.language)
-        out = cat.render("queue_position", langs, {"position": info.position})
+        out: list[Utterance] = []
+        if cat.can_say("ordinal", info.position, langs[0]):  # 1-99: beyond, no place is said
+            out += cat.render("queue_position", langs, {"position": info.position})
         minutes = None if info.estimate is None else max(1, math.ceil(info.estimate / 60))
         if minutes is None:
             out += cat.render("queue_busy_apology", langs)

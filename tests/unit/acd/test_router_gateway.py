@@ -23,9 +23,11 @@ from ivr_engine.config import AmiSettings
 from ivr_engine.errors import ConfigError
 from ivr_engine.flow.channel import CallerInfo
 from ivr_engine.flow.services import QueueRequest
+from ivr_engine.prompts import PromptCatalogue
 from ivr_engine.transport.ami import AmiClient
 from tests.unit.acd.test_router import FakePbx, FakePublisher
 
+REPO = Path(__file__).resolve().parents[3]
 ROSTER = 'agents: {"1001": {skills: {private_banking: 8, cantonese: 7}}}'
 
 
@@ -152,3 +154,80 @@ def test_a_bad_roster_stops_start_up_naming_the_file(tmp_path: Path) -> None:
     roster.write_text('agents: {"1001": {skills: {cards: 0}}}')
     with pytest.raises(ConfigError, match=r"agents\.yaml: agents\.1001"):
         AcdService(roster, AmiClient(AmiSettings()), Recorder(), None)
+
+
+WAIT_ROSTER = """
+queues:
+  general: {operator: true, wrapup: 0}
+  vip: {callback: false}
+agents:
+  "1001": {skills: {mandarin: 8, cantonese: 6}}
+"""
+
+
+async def test_announcement_says_place_wait_and_keys_in_the_callers_language(
+    tmp_path: Path,
+) -> None:
+    roster = tmp_path / "agents.yaml"
+    roster.write_text(WAIT_ROSTER)
+    service = AcdService(
+        roster,
+        AmiClient(AmiSettings()),
+        Recorder(),
+        None,
+        catalogue=PromptCatalogue.load(REPO / "prompts"),
+    )
+    router = service.router
+    async with service.running():
+        router.login("1001")
+        router.register(
+            "busy",
+            queue="general",
+            requirement="mandarin",
+            priority=5,
+            language="cmn",
+            screen_pop={},
+        )
+        router.call_waiting("busy", "PJSIP/b")
+        router.answered("busy", "1001")
+        for n, lang in ((1, "cmn"), (2, "yue")):
+            router.register(
+                f"c{n}",
+                queue="general",
+                requirement="mandarin",
+                priority=5,
+                language=lang,
+                screen_pop={},
+                caller="13800138000",
+            )
+            router.call_waiting(f"c{n}", f"PJSIP/c-{n}")
+        found = service.announcement("c2")
+        assert found is not None
+        utterances, keys, said = found
+        # second in line, one working agent, 180 s default handle: 6 minutes
+        assert said == {
+            "position": 2,
+            "estimate": 360.0,
+            "minutes": 6,
+            "agents": 1,
+            "handle_time": 180.0,
+            "keys": "10",
+            "language": "yue",
+        }
+        text = "".join(u.text for u in utterances)
+        assert "第二" in text and "六分鐘" in text and "請按一字" in text and "請按零字" in text
+        assert {u.lang for u in utterances} == {"yue"}
+        # not waiting (connected) or unknown: nothing to say
+        assert service.announcement("busy") is None and service.announcement("x") is None
+        router.register(
+            "v1",
+            queue="vip",
+            requirement="mandarin",
+            priority=10,
+            language="en",
+            screen_pop={},
+        )
+        router.call_waiting("v1", "PJSIP/v-1")
+        found = service.announcement("v1")
+        assert found is not None and found[1] == ""  # no callback in vip, no operator key
+        assert "first in the queue" in " ".join(u.text for u in found[0]).lower()
