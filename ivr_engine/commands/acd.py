@@ -88,7 +88,9 @@ def _report_dict(r: Any) -> dict[str, Any]:
 def _bench(args: argparse.Namespace) -> int:
     from acd import bench
 
-    result = bench.run(quick=args.quick, seed=args.seed)
+    if args.repeats is not None and args.repeats < 1:
+        raise ConfigError("--repeats must be >= 1", source="command line")
+    result = bench.run(quick=args.quick, seed=args.seed, repeats=args.repeats)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -145,6 +147,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--json", action="store_true", help="print the full JSON result")
     b.add_argument("--quick", action="store_true", help="shorter traces (a smoke run)")
     b.add_argument("--seed", type=int, default=20261125)
+    b.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed replays per size; each event's figure is its median (default 3, quick 1)",
+    )
     b.set_defaults(func=_bench)
     lat = cmds.add_parser(
         "latency",

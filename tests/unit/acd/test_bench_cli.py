@@ -144,3 +144,8 @@ def test_cli_latency_text_and_bad_arguments(capsys: pytest.CaptureFixture[str]) 
     assert "agent-ready" in out and "call-queued" in out
     assert cli.main(["acd", "latency", "--agents", "3"]) == 2
     assert "--agents must be >= 10" in capsys.readouterr().err
+
+
+def test_cli_bench_rejects_zero_repeats(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["acd", "bench", "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
