@@ -100,11 +100,16 @@ async def _watch(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + args.timeout
         shown = 0.0
+        once_by: float | None = None
         messages = client.messages.__aiter__()
         while True:
-            # --once: the retained figures come at once; stop when they have stopped coming.
+            # --once: the broker sends every retained topic in one burst after the subscribe;
+            # 0.3 s after `_all` arrived they are all in (a fixed end: the daemon goes on
+            # publishing every second, so "until quiet" might never come).
             if args.once and "_all" in stats:
-                wait = 0.3
+                if once_by is None:
+                    once_by = loop.time() + 0.3
+                wait = once_by - loop.time()
             elif not stats:
                 wait = deadline - loop.time()
             else:

@@ -1,0 +1,115 @@
+"""`ivr-engine stats` against a real Mosquitto: the daemon's statistics extension publishing
+through the real MQTT notifier (a router with a fake PBX: no calls need to reach Asterisk to
+produce figures), the command run as an admin runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from acd.roster import Roster
+from acd.router import Router
+from ivr_engine.acd_stats import acd_stats_extension
+from ivr_engine.config import MqttSettings, Settings, StoreSettings
+from ivr_engine.events import MqttNotifier
+from tests.support.daemon import REPO
+from tests.support.mqtt_broker import PrivateBroker
+
+pytestmark = [pytest.mark.mqtt]
+
+ROSTER = """
+queues:
+  vip: {wrapup: 0}
+  general: {wrapup: 0}
+agents:
+  "1001": {skills: {private_banking: 8}}
+  "1002": {skills: {mandarin: 8}}
+"""
+
+
+class Pbx:
+    async def redirect(self, channel: str, context: str, exten: str, priority: int = 1) -> None:
+        await asyncio.sleep(0)
+
+    async def set_variable(self, channel: str, name: str, value: str) -> None:
+        return None
+
+    async def hangup(self, channel: str, cause: int = 16) -> None:
+        return None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Any:
+    b = PrivateBroker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+async def run(port: int, *args: str, stop_after: float | None = None) -> tuple[int, str, str]:
+    """`ivr-engine stats ARGS` against the broker on `port`; Ctrl-C after `stop_after` s."""
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "ivr_engine.cli", "stats", *args],
+        cwd=REPO,
+        env={**os.environ, "IVR_ENGINE_MQTT_PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    if stop_after is not None:
+        await asyncio.sleep(stop_after)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_stats_once_live_and_without_figures(broker: Any, tmp_path: Path) -> None:
+    code, _, err = await run(broker.port, "--once", "--timeout", "1")
+    assert code == 2 and "no ACD statistics" in err  # nothing published yet
+
+    notifier = MqttNotifier(MqttSettings(port=broker.port), client_id="stats-cli-test")
+    await notifier.start()
+    router = Router(Roster.parse(ROSTER), Pbx(), notifier, ring_timeout=5)
+    settings = Settings(store=StoreSettings(path=str(tmp_path / "none.sqlite3")))
+    service: Any = SimpleNamespace(router=router, publisher=notifier, settings=settings)
+    try:
+        async with router, acd_stats_extension(service, interval=0.2):
+            router.contact_changed("1002", True)
+            router.register("c1", queue="vip", requirement="private_banking", priority=5,
+                            language="cmn", screen_pop={})
+            router.call_waiting("c1", "PJSIP/trunk-1")  # nobody with the skill: it waits
+            await asyncio.sleep(1.0)
+
+            code, out, err = await run(broker.port, "--once", "--json")
+            assert code == 0, err
+            body = json.loads(out)
+            assert set(body) == {"vip", "general", "_all"}
+            assert body["vip"]["waiting"] == 1 and body["vip"]["today"]["offered"] == 1
+            assert body["vip"]["agents"]["logged-out"] == 1  # 1001, the one who could serve
+            assert body["_all"]["agents"]["ready"] == 1
+
+            code, out, err = await run(broker.port, "--once")
+            assert code == 0, err
+            vip = next(line for line in out.splitlines() if line.startswith("vip "))
+            assert vip.split()[:2] == ["vip", "1"] and "STALE" not in out
+
+            # Live: a table per refresh until Ctrl-C.
+            code, out, err = await run(broker.port, stop_after=3.0)
+            assert code == 130, err
+            tables = out.count("queue ")
+            assert tables >= 2, out
+    finally:
+        await notifier.close()
+    # The daemon is gone; the broker keeps the last figures, and the command says they are old.
+    await asyncio.sleep(6.0)
+    code, out, _ = await run(broker.port, "--once")
+    assert code == 0 and "STALE" in out
