@@ -52,14 +52,29 @@ class CallbackDialer(Protocol):
     async def hangup(self, channel: str) -> None: ...
 
 
-class AmiCallbackDialer:
-    """`CallbackDialer` over an `AmiClient`. `carrier` (host:port) is where the dev dialplan
-    sends the customer leg; empty leaves the dialplan's own default in force."""
+#: The [acd] settings' default (ivr_engine.config.AcdSettings.callback_dial).
+DEFAULT_DIAL = "PJSIP/devtrunk/sip:{number}@127.0.0.1:5062"
 
-    def __init__(self, ami: AmiClient, events: CallbackEvents, *, carrier: str = "") -> None:
+
+class AmiCallbackDialer:
+    """`CallbackDialer` over an `AmiClient`. `dial` is the PBX dial string of the customer's
+    number (`{number}` replaced; the `[acd]` setting `callback_dial`, shared with the voice
+    callbacks), `customer_ring` how long the customer's phone rings (`callback_ring`)."""
+
+    def __init__(
+        self,
+        ami: AmiClient,
+        events: CallbackEvents,
+        *,
+        dial: str = DEFAULT_DIAL,
+        customer_ring: float = 30.0,
+    ) -> None:
+        if "{number}" not in dial:
+            raise ValueError(f"callback dial string {dial!r} has no {{number}}")
         self._ami = ami
         self._events = events
-        self._carrier = carrier
+        self._dial = dial
+        self._customer_ring = customer_ring
         self._unsubscribe: Callable[[], None] | None = None
 
     def start(self) -> None:
@@ -78,11 +93,10 @@ class AmiCallbackDialer:
         variables = {
             "TASK_ID": task_id,
             "TASK_AGENT": agent,
-            "TASK_NUMBER": number,
-            "TASK_RING": str(max(1, round(ring_timeout))),
+            "TASK_NUMBER": number,  # validated digits (schema); the dialplan checks again
+            "TASK_DIAL": self._dial.format(number=number),
+            "TASK_RING": str(max(1, round(self._customer_ring))),
         }
-        if self._carrier:
-            variables["TASK_CARRIER"] = self._carrier
         try:
             action_id = await self._ami.originate(
                 channel=endpoint,

@@ -60,7 +60,6 @@ from ivr_engine.tasks.schema import (
 
 if TYPE_CHECKING:
     from ivr_engine.acd_gateway import AcdService
-    from ivr_engine.transport.ami import AmiClient
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +70,6 @@ REPLY_TOPIC = "acd/task/reply"
 REJECTED_TOPIC = "acd/task/rejected"
 STATUS_TOPIC = "acd/task/status"
 AGENT_REPLY_TOPIC = "agent/+/task/reply"
-#: Environment: host:port the dev dialplan sends a callback's customer leg to (the tests' SIP
-#: simulator); unset leaves extensions-tasks.conf's default.
-CARRIER_ENV = "IVR_TASKS_CARRIER"
 
 
 class TaskPublisher(Protocol):
@@ -534,25 +530,18 @@ class TaskService:
             log.exception("ACD tasks: message on %s not handled", topic)
 
 
-def _ami_of(service: AcdService) -> AmiClient | None:
-    # AcdService keeps its AmiClient inside the bridge; `service.ami` is asked of the lead.
-    ami = getattr(service, "ami", None) or getattr(service.bridge, "_ami", None)
-    return cast("AmiClient | None", ami)
-
-
 @contextlib.asynccontextmanager
 async def task_extension(service: AcdService) -> AsyncIterator[TaskService]:
     """The `acd_extensions.EXTENSIONS` factory: tasks over MQTT, callbacks over AMI."""
     tasks = TaskService(service.router, cast(TaskPublisher, service.publisher), mqtt=service.mqtt)
-    ami = _ami_of(service)
-    dialer = None
-    if ami is not None:
-        dialer = AmiCallbackDialer(ami, tasks, carrier=os.environ.get(CARRIER_ENV, ""))
-        dialer.start()
-        tasks.dialer = dialer
+    settings = service.settings
+    dialer = AmiCallbackDialer(
+        service.ami, tasks, dial=settings.callback_dial, customer_ring=settings.callback_ring
+    )
+    dialer.start()
+    tasks.dialer = dialer
     try:
         async with tasks.running():
             yield tasks
     finally:
-        if dialer is not None:
-            dialer.close()
+        dialer.close()

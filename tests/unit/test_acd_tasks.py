@@ -14,6 +14,10 @@ import pytest
 from acd.queue_events import QueueEvent
 from acd.roster import Roster
 from acd.router import Router
+from ivr_engine.config import AcdSettings
+from ivr_engine.errors import AmiError
+from ivr_engine.protocol.ami import AmiEvent, Fields, OriginateResponse
+from ivr_engine.tasks.callback import AmiCallbackDialer
 from ivr_engine.tasks.schema import (
     MAX_BODY,
     MAX_PAYLOAD_BYTES,
@@ -508,14 +512,121 @@ async def test_the_extension_plugs_into_an_acd_service() -> None:
     pub = Publisher()
     router = Router(ROSTER, Pbx(), pub)
 
-    class Bridge:
-        _ami = None
+    subscribed: list[str] = []
+
+    class Ami:
+        def subscribe(self, name: str, callback: Any) -> Any:
+            subscribed.append(name)
+            return lambda: subscribed.remove(name)
 
     class Service:
         def __init__(self) -> None:
-            self.router, self.publisher, self.mqtt, self.bridge = router, pub, None, Bridge()
+            self.router, self.publisher, self.mqtt = router, pub, None
+            self.ami, self.settings = Ami(), AcdSettings()
 
     async with router:
         async with task_extension(Service()) as tasks:  # type: ignore[arg-type]
-            assert router.task_sink is tasks and tasks.dialer is None
-        assert router.task_sink is None
+            assert router.task_sink is tasks and tasks.dialer is not None
+            assert subscribed == ["UserEvent"]  # the callback dialplan's events
+        assert router.task_sink is None and subscribed == []
+
+
+# ---------------------------------------------------------------------- the AMI dialer
+
+
+class FakeAmi:
+    """Just enough of AmiClient: Originate recorded, its OriginateResponse scripted."""
+
+    def __init__(self, response: str = "Success", fail: bool = False) -> None:
+        self.response, self.fail = response, fail
+        self.originated: list[dict[str, Any]] = []
+        self.actions: list[dict[str, str]] = []
+        self.callbacks: dict[str, Any] = {}
+
+    def subscribe(self, name: str, callback: Any) -> Any:
+        self.callbacks[name] = callback
+        return lambda: self.callbacks.pop(name)
+
+    async def originate(self, **kw: Any) -> str:
+        if self.fail:
+            raise AmiError("not connected")
+        self.originated.append(kw)
+        return "a-1"
+
+    async def originate_response(  # the real signature
+        self,
+        action_id: str,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> OriginateResponse:
+        pairs = [("Response", self.response), ("ActionID", action_id), ("Reason", "3")]
+        return OriginateResponse.from_fields("OriginateResponse", Fields(pairs))
+
+    async def action(self, fields: dict[str, str], **kw: Any) -> None:
+        self.actions.append(fields)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ...]] = []
+
+    def callback_answered(self, task_id: str, agent: str, channel: str) -> None:
+        self.seen.append(("answered", task_id, agent, channel))
+
+    def callback_result(self, task_id: str, agent: str, status: str) -> None:
+        self.seen.append(("result", task_id, agent, status))
+
+    def callback_ended(self, task_id: str, agent: str) -> None:
+        raise RuntimeError("a bug in the service")
+
+
+async def test_the_ami_dialer_rings_the_agent_into_task_callback() -> None:
+    ami, events = FakeAmi(), Events()
+    dialer = AmiCallbackDialer(
+        ami,  # type: ignore[arg-type]
+        events,
+        dial="PJSIP/devtrunk/sip:{number}@127.0.0.1:5062",
+        customer_ring=30,
+    )
+    assert await dialer.ring("cb1", "1007", "PJSIP/1007", "13800138000", 15.0) is True
+    sent = ami.originated[0]
+    assert (sent["channel"], sent["context"], sent["exten"], sent["ring_timeout"]) == (
+        "PJSIP/1007",
+        "task-callback",
+        "s",
+        15.0,
+    )
+    assert sent["variables"] == {
+        "TASK_ID": "cb1",
+        "TASK_AGENT": "1007",
+        "TASK_NUMBER": "13800138000",
+        "TASK_DIAL": "PJSIP/devtrunk/sip:13800138000@127.0.0.1:5062",
+        "TASK_RING": "30",
+    }
+    ami.response = "Failure"
+    assert await dialer.ring("cb1", "1007", "PJSIP/1007", "13800138000", 15.0) is False
+    ami.fail = True
+    assert await dialer.ring("cb1", "1007", "PJSIP/1007", "13800138000", 15.0) is False
+    with pytest.raises(ValueError, match="no {number}"):
+        AmiCallbackDialer(ami, events, dial="PJSIP/devtrunk")  # type: ignore[arg-type]
+
+
+def test_the_ami_dialer_turns_user_events_into_callback_steps() -> None:
+    ami, events = FakeAmi(), Events()
+    dialer = AmiCallbackDialer(ami, events)  # type: ignore[arg-type]
+    dialer.start()
+
+    def user_event(**fields: str) -> None:
+        ami.callbacks["UserEvent"](AmiEvent("UserEvent", Fields(list(fields.items()))))
+
+    user_event(UserEvent="AcdTaskAnswered", Task="cb1", Agent="1007", Channel="PJSIP/1007-01")
+    user_event(UserEvent="AcdTaskDialResult", Task="cb1", Agent="1007", Status="ANSWER")
+    user_event(UserEvent="AcdTaskEnded", Task="cb1", Agent="1007")  # raises: logged, not raised
+    user_event(UserEvent="AcdWaiting", Call="c1")  # the voice ACD's, not ours
+    user_event(UserEvent="AcdTaskAnswered", Agent="1007")  # no task id: ignored
+    assert events.seen == [
+        ("answered", "cb1", "1007", "PJSIP/1007-01"),
+        ("result", "cb1", "1007", "ANSWER"),
+    ]
+    dialer.close()
+    assert ami.callbacks == {}
