@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from ivr_engine.acd_stats import acd_stats_extension
+from ivr_engine.agent_confirm import extension as agent_confirm_extension
 from ivr_engine.queue_log import queue_log_extension
 from ivr_engine.tasks import task_extension
 
@@ -23,5 +24,5 @@ if TYPE_CHECKING:
 
 Extension = Callable[["AcdService"], AbstractAsyncContextManager[Any]]
 
-EXTENSIONS: list[Extension] = [task_extension]
+EXTENSIONS: list[Extension] = [task_extension, agent_confirm_extension]
 EXTENSIONS += [queue_log_extension, acd_stats_extension]  # queue_log, then live statistics

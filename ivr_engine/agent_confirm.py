@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 import weakref
@@ -396,7 +397,7 @@ class AgentConfirmations:
                 async with aiomqtt.Client(
                     settings.host,
                     settings.port,
-                    identifier=f"ivr-engine-confirm-{id(self):x}",
+                    identifier=f"ivr-engine-confirm-{os.getpid()}-{id(self):x}",
                     username=settings.username or None,
                     password=settings.password or None,
                     timeout=5,
