@@ -86,7 +86,7 @@ class TaskRecord:
 
     request: TaskRequest
     submitted_at: float  # unix time
-    state: str = "waiting"  # waiting | offered | working
+    state: str = "waiting"  # waiting | offered | working (| dropped, inside submit only)
     agent: str = ""
     offers: int = 0
     announced: bool = False
@@ -186,6 +186,10 @@ class TaskService:
             self._stop_expiry(record)
             self.tasks.pop(request.id, None)
             raise TaskRejected(str(exc)) from None
+        if record.state == "dropped":  # overflowed on arrival (max_length): nothing is left
+            raise TaskRejected(
+                f"queue {request.queue} cannot take it now ({record.outcome}); nothing queued"
+            )
         self._seen[request.id] = None
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
@@ -346,6 +350,9 @@ class TaskService:
         if record is None:
             return
         self._forget(record)
+        if not record.announced:  # still inside submit(): refused there, never announced
+            record.state, record.outcome = "dropped", reason
+            return
         log.warning("task %s left its queue unserved (%s)", call.call_id, reason)
         self._status(record, "TaskDropped", reason=reason)
 

@@ -630,3 +630,19 @@ def test_the_ami_dialer_turns_user_events_into_callback_steps() -> None:
     ]
     dialer.close()
     assert ami.callbacks == {}
+
+
+async def test_a_task_that_overflows_on_arrival_is_refused_not_queued() -> None:
+    roster = Roster.parse(
+        'queues: {general: {max_length: 1}}\nagents: {"1008": {skills: {cards: 5}, '
+        "channels: {chat: 1}}}"
+    )
+    pub = Publisher()
+    router = Router(roster, Pbx(), pub)
+    service = TaskService(router, pub)
+    async with router, service.running():
+        submit(service, id="first")  # nobody logged in: it waits, the queue is full
+        with pytest.raises(TaskRejected, match=r"queue general cannot take it now \(overflow"):
+            submit(service, id="second")
+        assert list(service.tasks) == ["first"] and list(router.calls) == ["first"]
+        assert pub.on("acd/task/status/second") == []
