@@ -191,6 +191,26 @@ def calls(stack: SipStack, sip_port: int, daemon: Daemon, seen: dict[str, Any]) 
         call.end()
 
 
+def figures_after(daemon: Daemon, at: float) -> dict[str, Any]:
+    """The vip figures of `stats --once` once they were computed after `at`."""
+    deadline = time.monotonic() + 30
+    while True:
+        out = subprocess.run(
+            [sys.executable, "-m", "ivr_engine.cli", "stats", "--once", "--json"],
+            cwd=REPO,
+            env=daemon.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        vip: dict[str, Any] = json.loads(out.stdout)["vip"] if out.returncode == 0 else {}
+        if vip.get("at", 0) > at:
+            return vip
+        assert time.monotonic() < deadline, (out.stdout, out.stderr, daemon.logs()[-3000:])
+        time.sleep(1.0)
+
+
 async def test_report_counts_what_the_callers_and_the_agent_did(dev_pbx, daemon, broker):
     seen = await asyncio.to_thread(scenario, dev_pbx.sip_port, daemon)
 
@@ -236,6 +256,15 @@ async def test_report_counts_what_the_callers_and_the_agent_did(dev_pbx, daemon,
         f"(measured {measured_talk / 2:.2f}s), SL {q['service_level']}"
     )
 
+    # A restart does not reset the day: the figures are read back from the queue log.
+    assert daemon.stop() == 0, daemon.output()
+    stopped = time.time()  # figures computed after this are the new daemon's
+    daemon.start()
+    restarted = await asyncio.to_thread(figures_after, daemon, stopped)
+    day = restarted["today"]
+    assert [day[k] for k in counts] == [3, 2, 1, 0, 2], restarted
+    assert day["asa"] == q["asa"] and restarted["waiting"] == 0
+
     # The log itself: Asterisk's verbs, in order, per call.
     async with await QueueLog.open(daemon.db, readonly=True) as log:
         rows = await log.rows()
@@ -247,6 +276,11 @@ async def test_report_counts_what_the_callers_and_the_agent_did(dev_pbx, daemon,
         ["ENTERQUEUE", "ABANDON"],
         ["ENTERQUEUE", "RINGING", "CONNECT", "COMPLETEAGENT"],
         ["ENTERQUEUE", "RINGING", "RINGNOANSWER", "RINGING", "CONNECT", "COMPLETECALLER"],
-    ], by_call
+    ], (
+        by_call,
+        "the third call was ended by the agent: COMPLETEAGENT (without Dial's g option in "
+        "[acd-connect] the caller's channel is hung up with the agent's and it reads as the "
+        "caller's hangup)",
+    )
     agent_rows = [(r["event"], r["agent"]) for r in rows if not r["callid"]]
     assert ("AGENTLOGIN", "1001") in agent_rows
