@@ -346,19 +346,31 @@ def _agent_of(member: str) -> str:
 def app_queue_events(ami: Iterable[Mapping[str, str]], queue: str = APP_QUEUE
                      ) -> list[RouterEvent]:
     """app_queue's view from AMI (Asterisk 22 field names: Uniqueid is the caller's channel,
-    Interface/MemberName the member)."""
+    Interface/MemberName the member). An AgentComplete sent after the caller's channel is gone
+    carries no caller Uniqueid: it is the call that member was connected to."""
     kinds = {"QueueCallerJoin": "queued", "AgentCalled": "offer",
              "AgentRingNoAnswer": "noanswer", "AgentConnect": "connect",
              "AgentComplete": "complete", "QueueCallerAbandon": "abandon"}
-    out = []
+    rows = []
     for e in ami:
         kind = kinds.get(e.get("Event", ""))
         if kind is None or e.get("Queue") != queue:
             continue
         member = e.get("Interface") or e.get("MemberName") or ""
-        out.append(RouterEvent(float(e["_t"]), kind, e.get("Uniqueid", ""),
-                               _agent_of(member) if member else ""))
-    out.sort(key=event_key)
+        rows.append(RouterEvent(float(e["_t"]), kind, e.get("Uniqueid", ""),
+                                _agent_of(member) if member else ""))
+    rows.sort(key=event_key)
+    on_call: dict[str, str] = {}
+    out = []
+    for r in rows:
+        if r.kind == "connect":
+            on_call[r.agent] = r.call
+        elif r.kind == "complete":
+            call = r.call or on_call.get(r.agent, "")
+            if on_call.get(r.agent) == call:
+                del on_call[r.agent]
+            r = RouterEvent(r.t, r.kind, call, r.agent)
+        out.append(r)
     return out
 
 
@@ -435,8 +447,8 @@ def double_offers(events: Sequence[RouterEvent]) -> list[str]:
             call_at.pop(e.call, None)
         elif e.kind == "complete":
             agent = e.agent or call_at.get(e.call, "")
-            if agent_busy.get(agent) == e.call:
-                del agent_busy[agent]
+            if agent_busy.get(agent) == e.call or (e.agent and not e.call):
+                agent_busy.pop(agent, None)
             call_at.pop(e.call, None)
     return found
 
