@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,13 +94,15 @@ def wait_queued(stack: SipStack, mqtt: Mqtt, queue: str, count: int = 1) -> str:
 class Phone:
     """An agent phone's witness: (time, caller URI) of every call that rang it."""
 
-    def __init__(self, stack: SipStack, sip_port: int, ext: str, answer: float | None) -> None:
+    def __init__(
+        self, stack: SipStack, sip_port: int | None, ext: str, answer: float | None
+    ) -> None:
         self.ext = ext
         self.rang: list[tuple[float, str]] = []
-        self.account = stack.agent(
+        self.account: Any = stack.agent(
             ext,
             f"agent-{ext}-dev",
-            registrar=f"sip:127.0.0.1:{sip_port}",
+            registrar=f"sip:127.0.0.1:{sip_port}" if sip_port else None,
             auto_answer_after=answer,
             on_incoming=self._rang,
         )
@@ -122,10 +125,33 @@ def hang_up_all(stack: SipStack, calls: list[SimCall], phones: list[Phone]) -> N
     for phone in phones:
         for call in phone.account.incoming:
             call.end()
-        phone.account.unregister()
+        if phone.account.registered:
+            phone.account.unregister()
     stack.pump(0.5)
+    for phone in phones:  # the account refers back to the Phone: break the cycle
+        phone.account.on_incoming = None
+        phone.account = None
     phones.clear()
     calls.clear()
+
+
+Scenario = Callable[[SipStack, "list[Phone]", list[SimCall]], dict[str, Any]]
+
+
+def in_stack(body: Scenario, port: int = 0) -> dict[str, Any]:
+    """Run `body` (worker thread) in its own SipStack. Only plain values may leave it: a pjsua2
+    object that outlives its stack aborts the process when the next stack starts, so every
+    phone and call is dropped here, also when the body fails (its frames hold them)."""
+    with SipStack(port=port) as stack:
+        phones: list[Phone] = []
+        calls: list[SimCall] = []
+        try:
+            return body(stack, phones, calls)
+        except BaseException as exc:
+            traceback.clear_frames(exc.__traceback__)
+            raise
+        finally:
+            hang_up_all(stack, calls, phones)
 
 
 # ----------------------------------------------------------------------------- VIP first
@@ -147,55 +173,50 @@ async def test_vip_overtakes_waiting_standard_callers_and_the_call_is_recorded(
     agent resumes, Chen rings first. The agent call is recorded while bridged only."""
     daemon = start_daemon(tmp_path, broker, VIP_ROSTER, announce_every="0")
 
-    def scenario() -> dict[str, Any]:
-        with SipStack() as stack:
-            phones = [Phone(stack, dev_pbx.sip_port, "1001", 0.3)]
-            calls: list[SimCall] = []
-            try:
-                phones[0].account.wait_registered(10)
-                stack.pump(0.5)
-                wait_states(daemon, {"1001": "ready"})
-                daemon.cli("agents", "pause", "1001", "break", "--timeout", "10")
-                wait_states(daemon, {"1001": "paused"})
-                calls.append(dial_hotline(stack, dev_pbx.sip_port, "", "p2,0"))
-                first = wait_queued(stack, mqtt, "general")
-                calls.append(dial_hotline(stack, dev_pbx.sip_port, "", "p2,0"))
-                second = wait_queued(stack, mqtt, "general", 2)
-                calls.append(dial_hotline(stack, dev_pbx.sip_port, CHEN, ""))
-                vip = wait_queued(stack, mqtt, "vip")
-                stack.pump(1.0)
-                rang_before_resume = list(phones[0].rang)
-                daemon.cli("agents", "resume", "1001", "--timeout", "10")
-                stack.wait_for(lambda: bool(phones[0].rang), 20, "1001 to ring")
-                chen = calls[2]
-                stack.wait_for(
-                    lambda: (
-                        chen.is_connected
-                        and bool(phones[0].account.incoming)
-                        and phones[0].account.incoming[0].is_connected
-                    ),
-                    10,
-                    "connected",
-                )
-                stack.pump(3.0)  # the conversation, recorded
-                chen.end()
-                # wrap-up (1 s), then the first standard caller, then the second
-                stack.wait_for(lambda: len(phones[0].rang) >= 2, 30, "the next offer")
-                stack.pump(2.0)
-                phones[0].account.incoming[1].end()
-                stack.wait_for(lambda: len(phones[0].rang) >= 3, 30, "the third offer")
-                stack.pump(1.0)
-                return {
-                    "ids": (first, second, vip),
-                    "rang_before_resume": rang_before_resume,
-                    "rang": list(phones[0].rang),
-                }
-            finally:
-                hang_up_all(stack, calls, phones)
+    def scenario(stack: SipStack, phones: list[Phone], calls: list[SimCall]) -> dict[str, Any]:
+        phones[:] = [Phone(stack, dev_pbx.sip_port, "1001", 0.3)]
+        phones[0].account.wait_registered(10)
+        stack.pump(0.5)
+        wait_states(daemon, {"1001": "ready"})
+        daemon.cli("agents", "pause", "1001", "break", "--timeout", "10")
+        wait_states(daemon, {"1001": "paused"})
+        calls.append(dial_hotline(stack, dev_pbx.sip_port, "", "p2,0"))
+        first = wait_queued(stack, mqtt, "general")
+        calls.append(dial_hotline(stack, dev_pbx.sip_port, "", "p2,0"))
+        second = wait_queued(stack, mqtt, "general", 2)
+        calls.append(dial_hotline(stack, dev_pbx.sip_port, CHEN, ""))
+        vip = wait_queued(stack, mqtt, "vip")
+        stack.pump(1.0)
+        rang_before_resume = list(phones[0].rang)
+        daemon.cli("agents", "resume", "1001", "--timeout", "10")
+        stack.wait_for(lambda: bool(phones[0].rang), 20, "1001 to ring")
+        chen = calls[2]
+        stack.wait_for(
+            lambda: (
+                chen.is_connected
+                and bool(phones[0].account.incoming)
+                and phones[0].account.incoming[0].is_connected
+            ),
+            10,
+            "connected",
+        )
+        stack.pump(3.0)  # the conversation, recorded
+        chen.end()
+        # wrap-up (1 s), then the first standard caller, then the second
+        stack.wait_for(lambda: len(phones[0].rang) >= 2, 30, "the next offer")
+        stack.pump(2.0)
+        phones[0].account.incoming[1].end()
+        stack.wait_for(lambda: len(phones[0].rang) >= 3, 30, "the third offer")
+        stack.pump(1.0)
+        return {
+            "ids": (first, second, vip),
+            "rang_before_resume": rang_before_resume,
+            "rang": list(phones[0].rang),
+        }
 
     try:
         async with capture(broker.port) as mqtt:
-            result = await asyncio.to_thread(scenario)
+            result = await asyncio.to_thread(in_stack, scenario)
             await asyncio.sleep(0.5)
     finally:
         stop_daemon(daemon)
@@ -237,44 +258,39 @@ async def test_cantonese_caller_reaches_a_yue_agent_and_a_mandarin_one_only_afte
 ):
     daemon = start_daemon(tmp_path, broker, YUE_ROSTER, announce_every="0")
 
-    def scenario() -> dict[str, Any]:
-        with SipStack() as stack:
-            phones = [
-                Phone(stack, dev_pbx.sip_port, "1005", 0.3),
-                Phone(stack, dev_pbx.sip_port, "1007", 0.3),
-            ]
-            yue, mandarin = phones
-            calls: list[SimCall] = []
-            try:
-                for p in phones:
-                    p.account.wait_registered(10)
-                stack.pump(0.5)
-                wait_states(daemon, {"1005": "ready", "1007": "ready"})
-                # 1: both ready: the Cantonese speaker takes it, the Mandarin-only one never rings
-                calls.append(dial_hotline(stack, dev_pbx.sip_port, SHENZHEN, "w,0"))
-                wait_queued(stack, mqtt, "cantonese")
-                stack.wait_for(lambda: bool(yue.rang), 20, "1005 to ring")
-                stack.pump(2.0)
-                calls[0].end()
-                stack.pump(2.0)
-                first = {"yue": len(yue.rang), "mandarin": len(mandarin.rang)}
-                # 2: the Cantonese speaker on a break: the Mandarin-only agent waits for the
-                # relaxation step (12 s after the call queued)
-                daemon.cli("agents", "pause", "1005", "break", "--timeout", "10")
-                wait_states(daemon, {"1005": "paused", "1007": "ready"})
-                calls.append(dial_hotline(stack, dev_pbx.sip_port, SHENZHEN, "w,0"))
-                wait_queued(stack, mqtt, "cantonese", 2)
-                queued_at = time.time()
-                stack.wait_for(lambda: bool(mandarin.rang), 40, "1007 to ring after relaxation")
-                waited = mandarin.rang[0][0] - queued_at
-                stack.pump(1.0)
-                return {"first": first, "waited": waited, "yue_rang": len(yue.rang)}
-            finally:
-                hang_up_all(stack, calls, phones)
+    def scenario(stack: SipStack, phones: list[Phone], calls: list[SimCall]) -> dict[str, Any]:
+        phones[:] = [
+            Phone(stack, dev_pbx.sip_port, "1005", 0.3),
+            Phone(stack, dev_pbx.sip_port, "1007", 0.3),
+        ]
+        yue, mandarin = phones
+        for p in phones:
+            p.account.wait_registered(10)
+        stack.pump(0.5)
+        wait_states(daemon, {"1005": "ready", "1007": "ready"})
+        # 1: both ready: the Cantonese speaker takes it, the Mandarin-only one never rings
+        calls.append(dial_hotline(stack, dev_pbx.sip_port, SHENZHEN, "w,0"))
+        wait_queued(stack, mqtt, "cantonese")
+        stack.wait_for(lambda: bool(yue.rang), 20, "1005 to ring")
+        stack.pump(2.0)
+        calls[0].end()
+        stack.pump(2.0)
+        first = {"yue": len(yue.rang), "mandarin": len(mandarin.rang)}
+        # 2: the Cantonese speaker on a break: the Mandarin-only agent waits for the
+        # relaxation step (12 s after the call queued)
+        daemon.cli("agents", "pause", "1005", "break", "--timeout", "10")
+        wait_states(daemon, {"1005": "paused", "1007": "ready"})
+        calls.append(dial_hotline(stack, dev_pbx.sip_port, SHENZHEN, "w,0"))
+        wait_queued(stack, mqtt, "cantonese", 2)
+        queued_at = time.time()
+        stack.wait_for(lambda: bool(mandarin.rang), 40, "1007 to ring after relaxation")
+        waited = mandarin.rang[0][0] - queued_at
+        stack.pump(1.0)
+        return {"first": first, "waited": waited, "yue_rang": len(yue.rang)}
 
     try:
         async with capture(broker.port) as mqtt:
-            result = await asyncio.to_thread(scenario)
+            result = await asyncio.to_thread(in_stack, scenario)
     finally:
         stop_daemon(daemon)
     assert result["first"] == {"yue": 1, "mandarin": 0}, result
@@ -303,35 +319,30 @@ async def test_waiting_callers_hear_their_position_and_wait_in_their_language(
     place (1, 2), the estimate (no working agent: the busy apology) and the callback key."""
     daemon = start_daemon(tmp_path, broker, WAIT_ROSTER, announce_every="10")
 
-    def scenario() -> dict[str, Any]:
-        with SipStack() as stack:
-            phones = [Phone(stack, dev_pbx.sip_port, "1003", 0.3)]
-            calls: list[SimCall] = []
-            try:
-                phones[0].account.wait_registered(10)
-                stack.pump(0.5)
-                wait_states(daemon, {"1003": "ready"})
-                daemon.cli("agents", "pause", "1003", "break", "--timeout", "10")
-                wait_states(daemon, {"1003": "paused"})
-                calls.append(dial_hotline(stack, dev_pbx.sip_port, "", "p2,0"))
-                one = wait_queued(stack, mqtt, "general")
-                calls.append(dial_hotline(stack, dev_pbx.sip_port, "", "p2,0"))
-                two = wait_queued(stack, mqtt, "general", 2)
-                heard_at_queue = calls[1].heard_seconds()
-                stack.wait_for(
-                    lambda: len([1 for _, p in mqtt.of("/announced") if p["call_id"] == two]) >= 2,
-                    40,
-                    "two announcements to the second caller",
-                )
-                stack.pump(6.0)  # the announcement plays out
-                speech = [s for s in calls[1].speech().segments if s[0] >= heard_at_queue]
-                return {"ids": (one, two), "speech": speech, "up": calls[1].is_connected}
-            finally:
-                hang_up_all(stack, calls, phones)
+    def scenario(stack: SipStack, phones: list[Phone], calls: list[SimCall]) -> dict[str, Any]:
+        phones[:] = [Phone(stack, dev_pbx.sip_port, "1003", 0.3)]
+        phones[0].account.wait_registered(10)
+        stack.pump(0.5)
+        wait_states(daemon, {"1003": "ready"})
+        daemon.cli("agents", "pause", "1003", "break", "--timeout", "10")
+        wait_states(daemon, {"1003": "paused"})
+        calls.append(dial_hotline(stack, dev_pbx.sip_port, "", "p2,0"))
+        one = wait_queued(stack, mqtt, "general")
+        calls.append(dial_hotline(stack, dev_pbx.sip_port, "", "p2,0"))
+        two = wait_queued(stack, mqtt, "general", 2)
+        heard_at_queue = calls[1].heard_seconds()
+        stack.wait_for(
+            lambda: len([1 for _, p in mqtt.of("/announced") if p["call_id"] == two]) >= 2,
+            40,
+            "two announcements to the second caller",
+        )
+        stack.pump(6.0)  # the announcement plays out
+        speech = [s for s in calls[1].speech().segments if s[0] >= heard_at_queue]
+        return {"ids": (one, two), "speech": speech, "up": calls[1].is_connected}
 
     try:
         async with capture(broker.port) as mqtt:
-            result = await asyncio.to_thread(scenario)
+            result = await asyncio.to_thread(in_stack, scenario)
     finally:
         stop_daemon(daemon)
     one, two = result["ids"]

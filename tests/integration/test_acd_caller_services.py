@@ -3,14 +3,15 @@ callback that keeps the caller's place and rings the agent first, overflow to th
 voicemail, and callers still waiting when the daemon restarts.
 
 Real parts as in test_acd_caller_routing.py. The dev PBX has no carrier to dial a customer
-back, so the "customer" of the callback test is a registered phone (PJSIP endpoint 1006, not in
-the test's roster), its number 1006, and `acd.callback_dial` is `PJSIP/{number}`: the dialplan
-path is the production one, only the dial string differs.
+back, so `acd.callback_dial` sends the callback over the dev trunk to the test's own SIP stack
+(`PJSIP/devtrunk/sip:cb{number}@127.0.0.1:<its port>`), where a phone answers for the caller's
+number: the dialplan path is the production one, only the dial string differs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from simulate.sip import SimCall, SipStack
 from tests.integration.test_acd_caller_routing import (
     Phone,
     dial_hotline,
-    hang_up_all,
+    in_stack,
     poll,
     queued,
     start_daemon,
@@ -50,64 +51,69 @@ def broker(tmp_path: Path) -> Any:
 CALLBACK_ROSTER = """
 defaults: {join_empty: true, wrapup: 1}
 queues:
-  general: {}
+  cantonese: {}
 agents:
-  "1001": {skills: {mandarin: 9}}
+  "1001": {skills: {cantonese: 9}}
 """
+SHENZHEN = "075582345678"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def test_callback_keeps_the_place_and_rings_the_agent_before_the_customer(
     dev_pbx, hotline, prompts_built, broker, tmp_path
 ):
+    port = free_udp_port()
     daemon = start_daemon(
-        tmp_path, broker, CALLBACK_ROSTER, announce_every="0", callback_dial="PJSIP/{number}"
+        tmp_path,
+        broker,
+        CALLBACK_ROSTER,
+        announce_every="0",
+        callback_dial=f"PJSIP/devtrunk/sip:cb{{number}}@127.0.0.1:{port}",
     )
 
-    def scenario() -> dict[str, Any]:
-        with SipStack() as stack:
-            agent = Phone(stack, dev_pbx.sip_port, "1001", 0.5)
-            customer = Phone(stack, dev_pbx.sip_port, "1006", 0.5)
-            phones = [agent, customer]
-            calls: list[SimCall] = []
-            try:
-                for p in phones:
-                    p.account.wait_registered(10)
-                stack.pump(0.5)
-                wait_states(daemon, {"1001": "ready"})
-                daemon.cli("agents", "pause", "1001", "break", "--timeout", "10")
-                wait_states(daemon, {"1001": "paused"})
-                # "1006" is not a customer: the plain menu, 0 for a person (general)
-                call = dial_hotline(stack, dev_pbx.sip_port, "1006", "p2,0")
-                calls.append(call)
-                call_id = wait_queued(stack, mqtt, "general")
-                stack.pump(1.5)
-                call.send_dtmf("1")  # the callback key while waiting
-                stack.wait_for(lambda: call.is_ended, 30, "the PBX to end the call")
-                ended_by_pbx = not call.ended_locally
-                stack.pump(1.0)
-                before_resume = (list(agent.rang), list(customer.rang))
-                daemon.cli("agents", "resume", "1001", "--timeout", "10")
-                stack.wait_for(lambda: bool(customer.rang), 40, "the customer's phone to ring")
-                stack.wait_for(
-                    lambda: customer.account.incoming[0].is_connected, 10, "customer answered"
-                )
-                stack.pump(2.0)
-                customer.account.incoming[0].end()
-                stack.pump(2.0)
-                return {
-                    "call_id": call_id,
-                    "ended_by_pbx": ended_by_pbx,
-                    "before_resume": before_resume,
-                    "agent_rang": list(agent.rang),
-                    "customer_rang": list(customer.rang),
-                    "agent_connected": agent.account.incoming[0].confirmed_at is not None,
-                }
-            finally:
-                hang_up_all(stack, calls, phones)
+    def scenario(stack: SipStack, phones: list[Phone], calls: list[SimCall]) -> dict[str, Any]:
+        agent = Phone(stack, dev_pbx.sip_port, "1001", 0.5)
+        # the customer's phone behind the "carrier": no registration, answers cb<number>
+        customer = Phone(stack, None, f"cb{SHENZHEN}", 0.5)
+        phones[:] = [agent, customer]
+        agent.account.wait_registered(10)
+        stack.pump(0.5)
+        wait_states(daemon, {"1001": "ready"})
+        daemon.cli("agents", "pause", "1001", "break", "--timeout", "10")
+        wait_states(daemon, {"1001": "paused"})
+        # not a customer, Cantonese menu, 0 for a person: the cantonese queue
+        call = dial_hotline(stack, dev_pbx.sip_port, SHENZHEN, "w,0")
+        calls.append(call)
+        call_id = wait_queued(stack, mqtt, "cantonese")
+        stack.pump(1.5)
+        call.send_dtmf("1")  # the callback key while waiting
+        stack.wait_for(lambda: call.is_ended, 30, "the PBX to end the call")
+        ended_by_pbx = not call.ended_locally
+        stack.pump(1.0)
+        before_resume = (list(agent.rang), list(customer.rang))
+        daemon.cli("agents", "resume", "1001", "--timeout", "10")
+        stack.wait_for(lambda: bool(customer.rang), 40, "the customer's phone to ring")
+        stack.wait_for(lambda: customer.account.incoming[0].is_connected, 10, "customer answered")
+        stack.pump(2.0)
+        customer.account.incoming[0].end()
+        stack.pump(2.0)
+        return {
+            "call_id": call_id,
+            "ended_by_pbx": ended_by_pbx,
+            "before_resume": before_resume,
+            "agent_rang": list(agent.rang),
+            "customer_rang": list(customer.rang),
+            "agent_connected": agent.account.incoming[0].confirmed_at is not None,
+        }
 
     try:
         async with capture(broker.port) as mqtt:
-            result = await asyncio.to_thread(scenario)
+            result = await asyncio.to_thread(in_stack, scenario, port)
             await asyncio.sleep(1.0)
     finally:
         stop_daemon(daemon)
@@ -145,37 +151,32 @@ async def test_max_wait_overflows_to_voicemail_and_the_message_is_recorded(
     inbox = dev_pbx.in_root("/var/spool/asterisk/voicemail/hotline/4008/INBOX")
     before = set(inbox.glob("msg*.txt")) if inbox.exists() else set()
 
-    def scenario() -> dict[str, Any]:
-        with SipStack() as stack:
-            phones = [Phone(stack, dev_pbx.sip_port, "1003", 0.3)]
-            calls: list[SimCall] = []
-            try:
-                phones[0].account.wait_registered(10)
-                stack.pump(0.5)
-                wait_states(daemon, {"1003": "ready"})
-                daemon.cli("agents", "pause", "1003", "break", "--timeout", "10")
-                wait_states(daemon, {"1003": "paused"})
-                call = dial_hotline(stack, dev_pbx.sip_port, "", "p2,0")
-                calls.append(call)
-                call_id = wait_queued(stack, mqtt, "general")
-                queued_at = call.heard_seconds()
-                # max_wait 6 s, then the apology and the mailbox; leave 4 s of "message"
-                call.wait_prompt_end(timeout=40, after=queued_at + 5.0)
-                stack.pump(4.0)
-                call.end()
-                stack.pump(2.0)
-                return {"call_id": call_id, "rang": list(phones[0].rang)}
-            finally:
-                hang_up_all(stack, calls, phones)
+    def scenario(stack: SipStack, phones: list[Phone], calls: list[SimCall]) -> dict[str, Any]:
+        phones[:] = [Phone(stack, dev_pbx.sip_port, "1003", 0.3)]
+        phones[0].account.wait_registered(10)
+        stack.pump(0.5)
+        wait_states(daemon, {"1003": "ready"})
+        daemon.cli("agents", "pause", "1003", "break", "--timeout", "10")
+        wait_states(daemon, {"1003": "paused"})
+        call = dial_hotline(stack, dev_pbx.sip_port, "", "p2,0")
+        calls.append(call)
+        call_id = wait_queued(stack, mqtt, "general")
+        # max_wait 6 s, the apology (about 8 s), the mailbox's greeting and the tone,
+        # then a few seconds of "message" before the caller hangs up
+        stack.pump(28.0)
+        up_until_hangup = call.is_connected
+        call.end()
+        stack.pump(2.0)
+        return {"call_id": call_id, "rang": list(phones[0].rang), "up": up_until_hangup}
 
     try:
         async with capture(broker.port) as mqtt:
-            result = await asyncio.to_thread(scenario)
+            result = await asyncio.to_thread(in_stack, scenario)
             await asyncio.to_thread(poll, lambda: bool(mqtt.of("/voicemail")), 10)
     finally:
         stop_daemon(daemon)
     call_id = result["call_id"]
-    assert result["rang"] == []
+    assert result["rang"] == [] and result["up"]
     left = [p for _, p in mqtt.of(f"acd/call/{call_id}/voicemail")]
     assert left and left[0]["event"] == "VoicemailLeft", (left, mqtt.messages[-10:])
     assert left[0]["mailbox"] == "4008@hotline" and left[0]["queue"] == "general"
@@ -201,49 +202,44 @@ async def test_callers_waiting_across_a_daemon_restart_are_rebuilt_and_served(
 ):
     daemon = start_daemon(tmp_path, broker, RESTART_ROSTER, announce_every="0")
 
-    def scenario() -> dict[str, Any]:
-        with SipStack() as stack:
-            phones = [Phone(stack, dev_pbx.sip_port, "1003", 0.3)]
-            calls: list[SimCall] = []
-            try:
-                phones[0].account.wait_registered(10)
-                stack.pump(0.5)
-                wait_states(daemon, {"1003": "ready"})
-                daemon.cli("agents", "pause", "1003", "break", "--timeout", "10")
-                wait_states(daemon, {"1003": "paused"})
-                call = dial_hotline(stack, dev_pbx.sip_port, "", "p2,0")
-                calls.append(call)
-                call_id = wait_queued(stack, mqtt, "general")
-                stack.pump(1.0)
-                code = daemon.stop()
-                stack.pump(3.0)  # the caller waits on with music, nobody routes
-                rang_while_down = list(phones[0].rang)
-                daemon.start()
-                # the agent is rebuilt from AMI (phone registered: ready), the caller from the
-                # channel's variables: the agent rings for this caller
-                stack.wait_for(lambda: bool(phones[0].rang), 30, "1003 to ring after restart")
-                stack.wait_for(
-                    lambda: (
-                        call.is_connected
-                        and bool(phones[0].account.incoming)
-                        and phones[0].account.incoming[0].is_connected
-                    ),
-                    10,
-                    "connected",
-                )
-                stack.pump(1.0)
-                return {
-                    "call_id": call_id,
-                    "code": code,
-                    "rang_while_down": rang_while_down,
-                    "caller_up": call.is_connected,
-                }
-            finally:
-                hang_up_all(stack, calls, phones)
+    def scenario(stack: SipStack, phones: list[Phone], calls: list[SimCall]) -> dict[str, Any]:
+        phones[:] = [Phone(stack, dev_pbx.sip_port, "1003", 0.3)]
+        phones[0].account.wait_registered(10)
+        stack.pump(0.5)
+        wait_states(daemon, {"1003": "ready"})
+        daemon.cli("agents", "pause", "1003", "break", "--timeout", "10")
+        wait_states(daemon, {"1003": "paused"})
+        call = dial_hotline(stack, dev_pbx.sip_port, "", "p2,0")
+        calls.append(call)
+        call_id = wait_queued(stack, mqtt, "general")
+        stack.pump(1.0)
+        code = daemon.stop()
+        stack.pump(3.0)  # the caller waits on with music, nobody routes
+        rang_while_down = list(phones[0].rang)
+        daemon.start()
+        # the agent is rebuilt from AMI (phone registered: ready), the caller from the
+        # channel's variables: the agent rings for this caller
+        stack.wait_for(lambda: bool(phones[0].rang), 30, "1003 to ring after restart")
+        stack.wait_for(
+            lambda: (
+                call.is_connected
+                and bool(phones[0].account.incoming)
+                and phones[0].account.incoming[0].is_connected
+            ),
+            10,
+            "connected",
+        )
+        stack.pump(1.0)
+        return {
+            "call_id": call_id,
+            "code": code,
+            "rang_while_down": rang_while_down,
+            "caller_up": call.is_connected,
+        }
 
     try:
         async with capture(broker.port) as mqtt:
-            result = await asyncio.to_thread(scenario)
+            result = await asyncio.to_thread(in_stack, scenario)
             await asyncio.sleep(0.5)
     finally:
         stop_daemon(daemon)
