@@ -146,6 +146,10 @@ def test_repeat_group_caller_is_flagged_for_the_agent(catalogue: PromptCatalogue
     # a Guangzhou number: the Cantonese-speaking side of the corporate desk
     assert ch.variables["IVR_SKILLS"] == "cantonese and corporate"
     assert ch.variables["IVR_QUEUE"] == "corporate"  # the tier's own line, not the Cantonese one
+    # he heard survey_invite: the dialplan offers the survey when the agent hangs up first
+    assert ch.variables["IVR_SURVEY"] == "1"
+    _, vip, _ = call(catalogue, "13926000001", "")  # the green channel invites nobody
+    assert "IVR_SURVEY" not in vip.variables
 
 
 def test_three_wrong_pins_lock_and_route_to_a_person(
