@@ -703,7 +703,8 @@ class AmiWatcher:
 
 
 class MqttWatcher:
-    """Everything the daemon publishes under its prefix, with the agent command channel."""
+    """The daemon's ACD and agent events (`<prefix>/acd/#`, `<prefix>/agent/#`; not the
+    per-call traces, which a long soak would pile up), with the agent command channel."""
 
     def __init__(self, prefix: str, host: str = "127.0.0.1", port: int = 1883) -> None:
         self.prefix, self.host, self.port = prefix.strip("/"), host, port
@@ -718,7 +719,8 @@ class MqttWatcher:
 
         self._client = await self._stack.enter_async_context(aiomqtt.Client(
             self.host, self.port, identifier=f"acdload-{secrets.token_hex(4)}", timeout=5))
-        await self._client.subscribe(f"{self.prefix}/#", qos=1)
+        await self._client.subscribe(f"{self.prefix}/acd/#", qos=1)
+        await self._client.subscribe(f"{self.prefix}/agent/#", qos=1)
         self._task = asyncio.get_running_loop().create_task(self._read(), name="acdload-mqtt")
 
     async def _read(self) -> None:
@@ -907,9 +909,14 @@ async def run_callers(pbx: Any, plan: CallerPlan, numbers: Sequence[str], *, tar
 # ------------------------------------------------------------------ the daemon
 
 
-def daemon_env(flows: Path, router: str, roster: Path, prefix: str) -> dict[str, str]:
+def daemon_env(flows: Path, router: str, roster: Path, prefix: str, *, soak: bool = False
+               ) -> dict[str, str]:
     """Environment for `ivr-engine serve` of one router: the generated flow, MQTT on (the ACD's
-    events and agent commands), the ACD on or off."""
+    events and agent commands), the ACD on or off (`[acd]`, or IVR_ACD_ROSTER before it).
+
+    Side by side, the ACD is set like hotline-load: no wait announcements (app_queue's
+    announce-position = no) and no pause after missed rings (app_queue has no autopause). The
+    soak keeps the ACD's own pause after `max_misses` (the soak's agents come back from it)."""
     env = {
         "IVR_ENGINE_FLOWS_DIR": str(flows),
         "IVR_ENGINE_MQTT_ENABLED": "true",
@@ -917,14 +924,34 @@ def daemon_env(flows: Path, router: str, roster: Path, prefix: str) -> dict[str,
     }
     from ivr_engine.config import Settings
 
-    has_acd_section = "acd" in {f for f in Settings.__dataclass_fields__}
+    acd_section = "acd" in Settings.__dataclass_fields__
     if router == "acd":
         env["IVR_ACD_ROSTER"] = str(roster)
-        if has_acd_section:
+        if acd_section:
+            env["IVR_ENGINE_ACD_ENABLED"] = "true"
             env["IVR_ENGINE_ACD_ROSTER"] = str(roster)
-    elif has_acd_section:
+            env["IVR_ENGINE_ACD_ANNOUNCE_EVERY"] = "0"
+            if not soak:
+                env["IVR_ENGINE_ACD_MAX_MISSES"] = "100"
+    elif acd_section:
         env["IVR_ENGINE_ACD_ENABLED"] = "false"
     return env
+
+
+async def wait_port_free(port: int, within: float = 120.0) -> None:
+    """The FastAGI port may still be held by a daemon that is stopping (ours or a test's)."""
+    deadline = time.monotonic() + within
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise LoadTestError(f"127.0.0.1:{port} is still taken after {within:.0f} s "
+                                        f"(another daemon is serving FastAGI)") from None
+        await asyncio.sleep(1.0)
 
 
 def write_run_files(folder: Path, agents: AgentPlan) -> Path:
@@ -937,8 +964,8 @@ def write_run_files(folder: Path, agents: AgentPlan) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def router_daemon(folder: Path, router: str, agents: AgentPlan, *, log_level: str = "INFO"
-                        ) -> AsyncIterator[tuple[Any, str]]:
+async def router_daemon(folder: Path, router: str, agents: AgentPlan, *, log_level: str = "INFO",
+                        soak: bool = False) -> AsyncIterator[tuple[Any, str]]:
     """A spawned daemon for `router` with its own files under `folder/<router>/daemon`."""
     from simulate import loadtest as lt
 
@@ -947,8 +974,9 @@ async def router_daemon(folder: Path, router: str, agents: AgentPlan, *, log_lev
     prefix = f"ivr-load-{os.getpid()}-{router}"
     daemon = lt.SpawnedDaemon(workdir, log_level=log_level, customers=0)
     daemon.env.pop("IVR_ACD_ROSTER", None)
-    daemon.env.update(daemon_env(folder / "flows", router, roster, prefix))
-    await asyncio.to_thread(daemon.start)
+    daemon.env.update(daemon_env(folder / "flows", router, roster, prefix, soak=soak))
+    await wait_port_free(4573)
+    await asyncio.to_thread(daemon.start, 180.0)
     try:
         yield daemon, prefix
     finally:

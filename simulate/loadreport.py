@@ -157,7 +157,7 @@ def _ratio(ours: float | None, theirs: float | None, floor: float = 1.0) -> str:
     so a 0 ms is read as "under 1 ms" and the ratio as a lower bound."""
     if ours is None or theirs is None:
         return "-"
-    if ours < floor:
+    if ours < floor / 2:  # a 0 ms reading
         return f"> {theirs / floor:.0f}x"
     return f"{theirs / ours:.1f}x"
 

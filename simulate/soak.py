@@ -159,6 +159,15 @@ async def chaos(mqtt: al.MqttWatcher, plan: SoakPlan, counts: dict[str, int],
     async with asyncio.TaskGroup() as tg:
         while True:
             await asyncio.sleep(plan.chaos_every)
+            # Agents the ACD paused after missed rings come back, as a person would.
+            with contextlib.suppress(TimeoutError):
+                listed = await mqtt.command("list")
+                for a in listed.get("agents", []):
+                    if a.get("state") == "paused" and a.get("reason") != "soak" \
+                            and a.get("agent") not in away:
+                        reply = await mqtt.command("resume", str(a["agent"]))
+                        _bump(counts, "resumed after missed rings" if reply.get("ok")
+                              else f"resume refused: {_why(reply)}")
             free = [a for a in plan.agents.agents if a not in away]
             if len(free) <= plan.agents.count // 2:
                 continue  # keep at least half the agents working
@@ -259,7 +268,7 @@ async def run_soak(pbx: Any, folder: Path, plan: SoakPlan, *, sl_threshold: floa
     samples: list[Sample] = []
     try:
         async with al.AgentPhones(pbx, plan.agents, target=target) as phones, \
-                al.router_daemon(folder, "acd", plan.agents) as (daemon, prefix):
+                al.router_daemon(folder, "acd", plan.agents, soak=True) as (daemon, prefix):
             pid = daemon.proc.pid
             mqtt = al.MqttWatcher(prefix)
             await mqtt.start()
