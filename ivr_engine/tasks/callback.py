@@ -6,9 +6,11 @@ the agent's phone (`Channel=PJSIP/<agent>`, ring timeout = the router's) into
 customer until the agent has answered: the agent hears a short notice, then the dialplan Dials
 the customer's number. The dialplan reports each step as a UserEvent keyed by the task id:
 
-    AcdTaskAnswered    Task, Agent        the agent picked up (the router's "accepted")
-    AcdTaskDialResult  Task, Agent, Status   the customer leg's DIALSTATUS
-    AcdTaskEnded       Task, Agent        the agent's channel hung up (the router's "done")
+    AcdTaskAnswered    Task, Agent, Owner          the agent picked up (the router's "accepted")
+    AcdTaskDialResult  Task, Agent, Owner, Status  the customer leg's DIALSTATUS
+    AcdTaskEnded       Task, Agent, Owner          the agent's channel hung up ("done")
+
+`Owner` is this dialer's TASK_OWNER: events of callbacks another daemon placed are ignored.
 
 An agent who does not answer makes Asterisk's OriginateResponse a Failure (reason 3, no
 answer): `ring()` returns False and the task goes back to the head of its queue.
@@ -17,6 +19,7 @@ answer): `ring()` returns False and the task goes back to the head of its queue.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Protocol
 
@@ -73,6 +76,9 @@ class AmiCallbackDialer:
             raise ValueError(f"callback dial string {dial!r} has no {{number}}")
         self._ami = ami
         self._events = events
+        #: Rides along as TASK_OWNER and comes back in every UserEvent: another daemon on the
+        #: same PBX (a standby, a test run) never acts on this one's callbacks, nor it on theirs.
+        self.owner = secrets.token_hex(8)
         self._dial = dial
         self._customer_ring = customer_ring
         self._unsubscribe: Callable[[], None] | None = None
@@ -93,6 +99,7 @@ class AmiCallbackDialer:
         variables = {
             "TASK_ID": task_id,
             "TASK_AGENT": agent,
+            "TASK_OWNER": self.owner,
             "TASK_NUMBER": number,  # validated digits (schema); the dialplan checks again
             "TASK_DIAL": self._dial.format(number=number),
             "TASK_RING": str(max(1, round(self._customer_ring))),
@@ -128,7 +135,7 @@ class AmiCallbackDialer:
         f = event.fields
         kind = f.get("UserEvent", "")
         task_id, agent = f.get("Task", ""), f.get("Agent", "")
-        if not kind.startswith("AcdTask") or not task_id:
+        if not kind.startswith("AcdTask") or not task_id or f.get("Owner", "") != self.owner:
             return
         try:
             if kind == "AcdTaskAnswered":

@@ -599,6 +599,7 @@ async def test_the_ami_dialer_rings_the_agent_into_task_callback() -> None:
     assert sent["variables"] == {
         "TASK_ID": "cb1",
         "TASK_AGENT": "1007",
+        "TASK_OWNER": dialer.owner,
         "TASK_NUMBER": "13800138000",
         "TASK_DIAL": "PJSIP/devtrunk/sip:13800138000@127.0.0.1:5062",
         "TASK_RING": "30",
@@ -616,14 +617,17 @@ def test_the_ami_dialer_turns_user_events_into_callback_steps() -> None:
     dialer = AmiCallbackDialer(ami, events)  # type: ignore[arg-type]
     dialer.start()
 
-    def user_event(**fields: str) -> None:
-        ami.callbacks["UserEvent"](AmiEvent("UserEvent", Fields(list(fields.items()))))
+    def user_event(owner: str = dialer.owner, **fields: str) -> None:
+        pairs = [*fields.items(), ("Owner", owner)]
+        ami.callbacks["UserEvent"](AmiEvent("UserEvent", Fields(pairs)))
 
     user_event(UserEvent="AcdTaskAnswered", Task="cb1", Agent="1007", Channel="PJSIP/1007-01")
     user_event(UserEvent="AcdTaskDialResult", Task="cb1", Agent="1007", Status="ANSWER")
     user_event(UserEvent="AcdTaskEnded", Task="cb1", Agent="1007")  # raises: logged, not raised
     user_event(UserEvent="AcdWaiting", Call="c1")  # the voice ACD's, not ours
     user_event(UserEvent="AcdTaskAnswered", Agent="1007")  # no task id: ignored
+    # Another daemon's callback on the same PBX: not ours to accept (nor to hang up).
+    user_event("f00", UserEvent="AcdTaskAnswered", Task="cb2", Agent="1007", Channel="x")
     assert events.seen == [
         ("answered", "cb1", "1007", "PJSIP/1007-01"),
         ("result", "cb1", "1007", "ANSWER"),
