@@ -793,8 +793,10 @@ class AgentPhones:
     unregisters all 100 load endpoints when it leaves (and when it starts, in case an earlier
     run was killed)."""
 
-    def __init__(self, pbx: Any, plan: AgentPlan, *, target: str) -> None:
+    def __init__(self, pbx: Any, plan: AgentPlan, *, target: str,
+                 keep_errors: Path | None = None) -> None:
         self.pbx, self.plan, self.target = pbx, plan, target
+        self.keep_errors = keep_errors  # where SIPp's error log of the agents is copied
         self.inside = f"/tmp/ivr-acdload-{os.getpid()}-{time.monotonic_ns()}"
         self.dir = pbx.in_root(self.inside)
         self.port = free_udp_port()
@@ -860,6 +862,9 @@ class AgentPhones:
             self.read_log()
             err = self.dir / "agents-errors.log"
             self.errors = err.read_text(errors="replace")[-4000:] if err.exists() else ""
+            if self.keep_errors is not None and err.exists():
+                self.keep_errors.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(err, self.keep_errors)
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -1093,7 +1098,8 @@ async def run_compare(pbx: Any, folder: Path, agents: AgentPlan, plans: Sequence
     ami = AmiWatcher(pbx.listeners.ami_port)
     await ami.start()
     try:
-        async with AgentPhones(pbx, agents, target=target) as phones:
+        async with AgentPhones(pbx, agents, target=target,
+                               keep_errors=folder / "agents-sipp-errors.log") as phones:
             for r_index, router in enumerate(routers):
                 async with router_daemon(folder, router, agents, log_level=log_level) as (
                         daemon, prefix):

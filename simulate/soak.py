@@ -267,7 +267,8 @@ async def run_soak(pbx: Any, folder: Path, plan: SoakPlan, *, sl_threshold: floa
     counts: dict[str, int] = dict.fromkeys(("pause", "resume", "logout", "login"), 0)
     samples: list[Sample] = []
     try:
-        async with al.AgentPhones(pbx, plan.agents, target=target) as phones, \
+        async with al.AgentPhones(pbx, plan.agents, target=target,
+                                  keep_errors=folder / "agents-sipp-errors.log") as phones, \
                 al.router_daemon(folder, "acd", plan.agents, soak=True) as (daemon, prefix):
             pid = daemon.proc.pid
             mqtt = al.MqttWatcher(prefix)
