@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+#: The daemon gets SIGTERM when the test process dies (a pytest killed by a timeout would
+#: otherwise leave it serving the hotline port, and the next test's daemon could not start).
+#: setpriv (util-linux, essential on Debian) sets PR_SET_PDEATHSIG, then execs: same pid.
+_DIE_WITH_PARENT: tuple[str, ...] = (
+    ("setpriv", "--pdeathsig", "TERM", "--") if shutil.which("setpriv") else ()
+)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -56,7 +63,7 @@ class Daemon:
     def start(self, timeout: float = 90.0) -> None:
         with open(self.workdir / "daemon.out", "wb") as out:  # the child keeps its own fd
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ivr_engine.cli", "serve"],
+                [*_DIE_WITH_PARENT, sys.executable, "-m", "ivr_engine.cli", "serve"],
                 cwd=REPO,
                 env=self.env,
                 stdout=out,
