@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from acd.roster import Roster
-from acd.router import Router
+from acd.router import OPERATORS, Router
 from ivr_engine.acd_gateway import (
     AcdQueueGateway,
     AcdService,
     CommandError,
     decode_pop,
+    encode_pop,
     mask_number,
     parse_command,
 )
@@ -23,7 +24,9 @@ from ivr_engine.config import AmiSettings
 from ivr_engine.errors import ConfigError
 from ivr_engine.flow.channel import CallerInfo
 from ivr_engine.flow.services import QueueRequest
+from ivr_engine.pbx_commands import AcdAmiBridge
 from ivr_engine.prompts import PromptCatalogue
+from ivr_engine.protocol.ami import AmiEvent, AmiResponse, Fields
 from ivr_engine.transport.ami import AmiClient
 from tests.unit.acd.test_router import FakePbx, FakePublisher
 
@@ -231,3 +234,73 @@ async def test_announcement_says_place_wait_and_keys_in_the_callers_language(
         found = service.announcement("v1")
         assert found is not None and found[1] == ""  # no callback in vip, no operator key
         assert "first in the queue" in " ".join(u.text for u in found[0]).lower()
+
+
+class FakeAmi:
+    """The AMI actions the bridge's rebuild uses, answered from a table of channels."""
+
+    def __init__(self, channels: list[dict[str, str]], variables: dict[str, dict[str, str]]):
+        self.channels = channels
+        self.variables = variables
+        self.actions: list[dict[str, str]] = []
+        self.connected = True
+
+    async def list_action(self, action: Mapping[str, str]) -> list[AmiEvent]:
+        self.actions.append(dict(action))
+        return [AmiEvent("CoreShowChannel", Fields(list(c.items()))) for c in self.channels]
+
+    async def action(self, action: Mapping[str, str], **_: Any) -> AmiResponse:
+        self.actions.append(dict(action))
+        if action["Action"] == "Getvar" and "Channel" in action:
+            value = self.variables[action["Channel"]].get(action["Variable"], "")
+        else:
+            value = "NOT_INUSE"  # DEVICE_STATE(...) of the agents' phones
+        fields = Fields([("Response", "Success"), ("Value", value)])
+        return AmiResponse("Getvar", "1", "Success", "", fields)
+
+    def subscribe(self, name: str, callback: Any) -> Any:
+        return lambda: None
+
+
+async def test_rebuild_reenters_callers_waiting_in_acd_wait_from_their_variables() -> None:
+    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
+    pop = encode_pop({"tier": "vip", "caller": "*******0001"})
+    ami = FakeAmi(
+        [
+            {"Channel": "PJSIP/devtrunk-1", "Uniqueid": "u1", "Context": "acd-wait"},
+            {"Channel": "PJSIP/devtrunk-2", "Uniqueid": "u2", "Context": "acd-connect"},
+            {"Channel": "PJSIP/devtrunk-3", "Uniqueid": "u3", "Context": "acd-wait"},
+        ],
+        {
+            "PJSIP/devtrunk-1": {
+                "IVR_QUEUE": "vip",
+                "IVR_SKILLS": "cantonese and private_banking",
+                "IVR_PRIORITY": "10",
+                "IVR_LANGUAGE": "yue",
+                "ACD_CALLER": "13926000001",
+                "ACD_POP": pop,
+            },
+            "PJSIP/devtrunk-3": {"IVR_QUEUE": "vip", "IVR_SKILLS": "cantonese and and"},
+        },
+    )
+    bridge = AcdAmiBridge(ami, router)  # type: ignore[arg-type]
+    async with router:
+        await bridge.rebuild_all()  # agents first: 1001's phone is up, so it is logged in
+        await router.drain()
+        call = router.calls["u1"]
+        assert (call.queue, call.priority, call.language, call.caller) == (
+            "vip",
+            0,
+            "yue",
+            "13926000001",
+        )
+        assert call.screen_pop == {"tier": "vip", "caller": "*******0001"}
+        assert call.state == "ringing" and call.agent == "1001"
+        pbx = router.pbx
+        assert isinstance(pbx, FakePbx)
+        # u2 was ringing an agent (not waiting): left alone; u3's description is refused:
+        # the operators take it instead of endless music
+        assert ("redirect", "PJSIP/devtrunk-3", OPERATORS, "s") in pbx.commands
+        assert "u2" not in router.calls and "u3" not in router.calls
+        # a second (re)connect finds u1 known: nothing twice
+        assert await bridge.rebuild_waiting() == 0
