@@ -703,6 +703,16 @@ class Router:
         status = status.upper() or "AGENTHUNGUP"
         if status == "ANSWER":
             self._emit("CALLBACKDONE", call_id, call.queue, agent)
+            self.publisher.publish(
+                f"acd/call/{call_id}/callback",
+                {
+                    "event": "CallbackDone",
+                    "call_id": call_id,
+                    "queue": call.queue,
+                    "agent": agent,
+                    "attempt": call.callback_attempts + 1,
+                },
+            )
             self._end(call, started, "COMPLETEAGENT")
             return
         call.callback_attempts += 1

@@ -464,6 +464,7 @@ async def test_callback_keeps_the_place_and_rings_the_agent_first() -> None:
         router.answered("c1", "1002", "/rec/c1.wav")
         router.callback_result("c1", "1002", "ANSWER")
         assert verbs(events, "c1")[-2:] == ["CONNECT", "COMPLETEAGENT"]
+        assert dict(pub.events)["acd/call/c1/callback"]["event"] == "CallbackDone"
         connect = [e for e in events if e.call_id == "c1" and e.verb == "CONNECT"][0]
         assert connect.data["recording"] == "/rec/c1.wav" and connect.data["callback"] is True
 
