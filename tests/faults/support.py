@@ -1,18 +1,23 @@
-"""Helpers for the fault suite: a hotline call from a simulated caller, and an MQTT capture."""
+"""Helpers for the fault suite: a hotline call from a simulated caller, an MQTT capture, and
+the ACD's witnesses (queue events from the daemon's log, agent states from `agents list`)."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from simulate.script import parse, run
 from simulate.sip import SimTimeout, SipStack
+from tests.support.daemon import Daemon
 
 
 @contextlib.contextmanager
@@ -109,3 +114,41 @@ class MqttCapture:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
             time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------- the ACD
+
+
+def queue_events(daemon: Daemon, call_id: str | None = None) -> list[tuple[str, str, str]]:
+    """(verb, call id, agent) of the router's queue events as the daemon's queue_log table
+    holds them (its writer inserts within milliseconds), in order; only `call_id`'s if given.
+    Steps that are not queue_log verbs (REBUILT, callbacks) are in the daemon's log only."""
+    if not daemon.db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)) as db:
+        try:
+            rows = db.execute("SELECT event, callid, agent FROM queue_log ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # not created yet
+            return []
+    return [(v, c, a) for v, c, a in rows if call_id is None or c == call_id]
+
+
+def agent_states(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    """`ivr-engine agents list --json` asked of the running daemon, as an admin would."""
+    out = daemon.cli("agents", "list", "--json", "--timeout", "10")
+    return {a["agent"]: a for a in json.loads(out.stdout)}
+
+
+def wait_agent_states(
+    daemon: Daemon, want: dict[str, str], timeout: float = 15.0
+) -> dict[str, dict[str, Any]]:
+    """Poll `agents list` until every agent in `want` is in its state; raise with the last
+    answer and the daemon's log tail otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = agent_states(daemon)
+        if all(a in states and states[a]["state"] == s for a, s in want.items()):
+            return states
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agents never reached {want}: {states}\n{daemon.logs()[-3000:]}")
+        time.sleep(0.3)
