@@ -8,7 +8,7 @@ the customer's number. The dialplan reports each step as a UserEvent keyed by th
 
     AcdTaskAnswered    Task, Agent, Owner          the agent picked up (the router's "accepted")
     AcdTaskDialResult  Task, Agent, Owner, Status  the customer leg's DIALSTATUS
-    AcdTaskEnded       Task, Agent, Owner          the agent's channel hung up ("done")
+    AcdTaskEnded       Task, Agent, Owner, Status  the agent's channel hung up ("done")
 
 `Owner` is this dialer's TASK_OWNER: events of callbacks another daemon placed are ignored.
 
@@ -143,6 +143,8 @@ class AmiCallbackDialer:
             elif kind == "AcdTaskDialResult":
                 self._events.callback_result(task_id, agent, f.get("Status", ""))
             elif kind == "AcdTaskEnded":
+                if f.get("Status", ""):  # the agent hung up during the customer leg
+                    self._events.callback_result(task_id, agent, f.get("Status", ""))
                 self._events.callback_ended(task_id, agent)
         except Exception:  # an AMI subscriber must not raise into the client's reader
             log.exception("callback %s: %s from agent %s not handled", task_id, kind, agent)

@@ -416,7 +416,7 @@ class TaskService:
 
     def callback_result(self, task_id: str, agent: str, status: str) -> None:
         record = self.tasks.get(task_id)
-        if record is not None and record.agent == agent:
+        if record is not None and record.agent == agent and not record.outcome:
             record.outcome = status.upper()
             log.info("callback %s: customer leg %s", task_id, record.outcome)
 
