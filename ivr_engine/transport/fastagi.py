@@ -1020,8 +1020,14 @@ class FastAgiServer:
                 )
                 return
             except AgiProtocolError as exc:
-                if not session.evicted:
-                    log.warning("FastAGI: %s: %s; closed", session.peer, exc)
+                if not session.evicted:  # a flood of garbage: one line, then a summary
+                    self._warnings.log(
+                        "bad-environment",
+                        asyncio.get_running_loop().time(),
+                        "FastAGI: %s: %s; closed",
+                        session.peer,
+                        exc,
+                    )
                 return
             if env is None or session.evicted:
                 if not session.evicted:
