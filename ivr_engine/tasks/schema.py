@@ -182,6 +182,8 @@ def load_object(payload: bytes, what: str = "a submission") -> dict[str, Any]:
         raise TaskRejected(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise TaskRejected("not JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits (Python's limit)
+        raise TaskRejected(f"not JSON: {exc}"[:200]) from None
     if not isinstance(body, dict):
         raise TaskRejected(f"{what} is a JSON object, got {_kind(body)}")
     return body
@@ -338,7 +340,9 @@ def parse_submission(payload: bytes, roster: Roster) -> TaskRequest:
 
 
 def _short(value: object) -> str:
-    text = repr(value)
+    if isinstance(value, list | dict):  # never repr a structure: it may be nested deeply
+        return _kind(value)
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a huge number"
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -94,6 +94,13 @@ BAD: list[tuple[bytes, str]] = [
     (with_(priority=True), "priority must be an integer 0..10"),
     (with_(priority=11), "priority must be an integer 0..10"),
     (with_(priority=2.5), "priority must be an integer 0..10"),
+    (
+        with_(priority=10**100),
+        "priority must be an integer 0..10 (higher is more urgent), got a huge",
+    ),
+    (with_(channel=[[["chat"]]]), "channel must be one of sms, email, chat, callback, got a list"),
+    (raw(GOOD).replace(b'"priority": 3', b'"priority": ' + b"9" * 5000), "not JSON: Exceeds"),
+    (raw(GOOD).replace(b'"priority": 3', b'"priority": ' + b"[" * 3000 + b"]" * 3000), "not JSON"),
     (with_(language="fr"), "language must be one of cmn, yue, en"),
     (with_(customer="Wang"), "customer must be an object, got a string"),
     (with_(customer={"number": 13800138000}), "customer.number must be a string, got a number"),
