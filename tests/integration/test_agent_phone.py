@@ -10,6 +10,7 @@ and message of `ivr-engine supervise`, and the call records the daemon stored.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -43,12 +44,12 @@ def prompts_built() -> None:
 
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """About 40 s of speech (a built prompt, repeated with pauses): someone talking."""
+    """About 170 s of speech (a built prompt, repeated with pauses): someone talking."""
     d = tmp_path_factory.mktemp("speech")
     src = REPO / "prompts/sounds/en/agent_pause_reason_menu.wav"
     out = d / "talk.wav"
     subprocess.run(
-        ["sox", *([str(src)] * 4), str(out), "pad", "0", "0.5", "repeat", "1"],
+        ["sox", *([str(src)] * 4), str(out), "pad", "0", "0.5", "repeat", "3"],
         check=True,
         capture_output=True,
     )
@@ -226,7 +227,33 @@ def run_supervise(stack: SipStack, daemon: Daemon, *args: str) -> subprocess.Com
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def originate_directly(stack: SipStack, channel: str, exten: str) -> str:
+    """An AMI Originate into [supervise] that does not go through `ivr-engine supervise`
+    (the engine's AMI user, as any script with its credentials could), pumping the phones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ivr_engine import config
+    from ivr_engine.transport.ami import AmiClient
+
+    async def go() -> str:
+        async with AmiClient(config.load().ami) as ami:
+            action_id = await ami.originate(
+                channel=channel, context="supervise", exten=exten, ring_timeout=10
+            )
+            result = await ami.originate_response(action_id, timeout=20)
+            return result.response
+
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(asyncio.run, go())
+        while not future.done():
+            stack.pump(0.1)
+        return future.result()
+
+
 def test_supervisor_listens_whispers_barges(dev_pbx, daemon, speech_wav):
+    """The agent talks (a long recording). Listen: the supervisor hears the call; whisper and
+    barge connect; a phone that is not a supervisor is refused by the command, and by the
+    dialplan when it is originated around the command."""
     port = dev_pbx.sip_port
     results: dict[str, Any] = {}
     with SipStack() as stack:
@@ -248,6 +275,14 @@ def test_supervisor_listens_whispers_barges(dev_pbx, daemon, speech_wav):
 
         results["stranger"] = run_supervise(stack, daemon, "listen", "1005", "--from", "1008")
         results["other_rang"] = len(other.incoming)
+        # Around the command: the dialplan itself refuses a phone that is not a supervisor.
+        results["direct"] = originate_directly(stack, "PJSIP/1008", "listen-1005")
+        stack.pump(1.0)
+        if other.incoming:
+            direct = other.incoming[-1]
+            stack.wait_for(lambda: direct.is_ended, 10, "the dialplan to hang up on 1008")
+            results["direct_heard"] = direct.speech().count
+            results["direct_lasted"] = (direct.disconnected_at or 0) - (direct.confirmed_at or 0)
 
         for mode in ("listen", "whisper", "barge"):
             n = len(supervisor.incoming)
@@ -256,11 +291,10 @@ def test_supervisor_listens_whispers_barges(dev_pbx, daemon, speech_wav):
             if len(supervisor.incoming) > n:
                 spy = supervisor.incoming[-1]
                 stack.wait_for(lambda spy=spy: spy.is_connected or spy.is_ended, 10, "spy call")
-                stack.pump(4.0)
+                stack.pump(5.0)
                 entry.update(
                     connected=spy.is_connected,
-                    speech=spy.speech().count,
-                    heard=spy.heard_seconds(),
+                    supervisor_heard=spy.speech().count,
                     caller_up=caller.is_connected,
                     agent_up=agent_call.is_connected,
                 )
@@ -277,6 +311,7 @@ def test_supervisor_listens_whispers_barges(dev_pbx, daemon, speech_wav):
             acc.unregister()
         stack.pump(0.5)
 
+    print({k: v for k, v in results.items() if k in ("listen", "whisper", "barge")})
     idle = results["idle"]
     assert idle.returncode == 1, idle
     assert "agent 1005 is not on a call" in idle.stderr
@@ -284,14 +319,16 @@ def test_supervisor_listens_whispers_barges(dev_pbx, daemon, speech_wav):
     assert stranger.returncode == 1, stranger
     assert "1008 is not a supervisor" in stranger.stderr
     assert results["other_rang"] == 0
+    # The Originate around the command rang 1008 and the dialplan hung up without a sound.
+    assert results.get("direct_heard") == 0 and results["direct_lasted"] < 2.0, results
     for mode in ("listen", "whisper", "barge"):
         entry = results[mode]
         cli = entry["cli"]
         assert cli.returncode == 0, (mode, cli.stdout, cli.stderr)
         assert "supervisor 1010 is " in cli.stdout and "agent 1005" in cli.stdout
         assert entry["connected"] and entry["caller_up"] and entry["agent_up"], (mode, entry)
-    # Listening: the supervisor hears the agent talking to the caller.
-    assert results["listen"]["speech"] >= 1, results["listen"]
+    # Listen: the supervisor hears the agent talking to the caller.
+    assert results["listen"]["supervisor_heard"] >= 1, results["listen"]
     after = results["after"]
     assert after.returncode == 1 and "not on a call" in after.stderr, after
 
