@@ -167,6 +167,9 @@ class SimCall(pj.Call):  # type: ignore[misc]
             if self._play_file and self._player is None:
                 self._player = pj.AudioMediaPlayer()
                 self._player.createPlayer(self._play_file, pj.PJMEDIA_FILE_NO_LOOP)
+            if self._player is not None:
+                # Again on every media update: a re-INVITE (the PBX bridging the call to an
+                # agent) may give the call a new audio port, which the player must feed too.
                 self._player.startTransmit(audio)
 
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
