@@ -12,6 +12,7 @@ never logged, never stored, never put in an error message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ivr_engine.agent_sources import build_agent_sources
 from ivr_engine.cif.masking import mask_value
 from ivr_engine.cif.model import CallerProfile, CardStatus
 from ivr_engine.cif.store import CifStore
+from ivr_engine.errors import StoreError
 from ivr_engine.flow.channel import CallChannel
 from ivr_engine.flow.services import (
     AuditEntry,
@@ -159,7 +161,14 @@ def build_sources(engine: Engine, ctx: CallContext) -> dict[str, DataSource]:
         ):
             log.info("customer's surname is not in the speech tables; greeting without it")
             fields["surname"] = ""
-        accounts = await store.balance(profile.customer.id) if profile.customer else []
+        accounts: list[Any] = []
+        if profile.customer is not None and not profile.degraded:
+            try:
+                async with asyncio.timeout(store.read_timeout):
+                    accounts = await store.balance(profile.customer.id)
+            except (StoreError, TimeoutError) as exc:
+                # The greeting does not need the account: greet now, without its last 4.
+                log.warning("CIF accounts unavailable for the greeting: %s", exc)
         if accounts:
             fields["account_last4"] = accounts[0].masked[-4:]
         r = ctx.record

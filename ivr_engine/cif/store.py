@@ -544,12 +544,13 @@ class CifStore(SqliteStore):
 
     async def balance(self, customer_id: int) -> list[Account]:
         async with store_errors("CIF balance"):
-            async with self._reader.execute(
+            # execute_fetchall: one hop to the database thread instead of three (execute,
+            # fetchall, close): on the greeting's path at hundreds of calls a second.
+            rows = await self._reader.execute_fetchall(
                 "SELECT id, kind, masked, currency, balance_cents, eod_balance_cents"
                 " FROM accounts WHERE customer_id = ? ORDER BY id",
                 (customer_id,),
-            ) as cur:
-                rows = await cur.fetchall()
+            )
         if not rows:
             await self.customer(customer_id)  # UnknownCustomer if there is no such customer
         return [
