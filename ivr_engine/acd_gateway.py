@@ -129,7 +129,9 @@ class AcdQueueGateway:
     async def enqueue(self, channel: CallChannel, request: QueueRequest) -> QueueOutcome:
         pop = dict(request.data)
         pop.setdefault("caller", mask_number(channel.caller.number))
-        caller = "" if channel.caller.withheld else channel.caller.number
+        number = channel.caller.number
+        # a number to call back: digits only ("anonymous" and withheld callers get no callback)
+        caller = number if number.lstrip("+").isdigit() and not channel.caller.withheld else ""
         try:
             self._router.register(
                 request.call_id,
