@@ -70,6 +70,10 @@ from ivr_engine.transport.fastagi import AgiSession
 log = logging.getLogger(__name__)
 
 COMMAND_TOPIC = "acd/command"
+#: Seconds between the wait loop's wake-ups when announcements are off (see ACD_ANNOUNCE).
+QUIET_WAKE = 60
+#: A command is a few short strings; anything larger is refused before it is parsed.
+MAX_COMMAND_BYTES = 4096
 REPLY_TOPIC = "acd/reply"
 VERBS = ("list", "login", "logout", "pause", "resume", "reload")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -162,7 +166,9 @@ class AcdQueueGateway:
             ("ACD_POP", encode_pop(pop)),
             # Channel variables shadow the [globals] of the same name in extensions.conf.
             ("ACD_RING", str(max(1, round(s.ring_timeout)))),
-            ("ACD_ANNOUNCE", str(round(s.announce_every) if s.announce_every else 3600)),
+            # Announcements off: the wait loop still wakes every minute (a silent acd-announce), so
+            # its safety nets (max wait, a daemon gone) act within a minute, not two hours.
+            ("ACD_ANNOUNCE", str(round(s.announce_every) if s.announce_every else QUIET_WAKE)),
             ("ACD_REC_DIR", s.recordings_dir.rstrip("/")),
             ("ACD_VM_PROMPT", self._voicemail_prompt(request.language)),
             ("IVR_NEXT", "acd"),
@@ -173,9 +179,15 @@ class AcdQueueGateway:
 
 def parse_command(payload: bytes) -> dict[str, str]:
     """Validate one command message; raise CommandError naming what is wrong."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"command is {len(payload)} bytes; at most {MAX_COMMAND_BYTES}")
     try:
         body = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise CommandError("not JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4,300-digit limit
         raise CommandError(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise CommandError("a command is a JSON object")
@@ -327,6 +339,8 @@ class AcdService:
         return out, keys, said
 
     async def _announce(self, session: AgiSession, call_id: str) -> None:
+        if not self.settings.announce_every:
+            return  # announcements off: the loop only woke to check it is still served
         found = self.announcement(call_id)
         if found is None:
             log.debug("acd-announce for %s: not waiting in the ACD", call_id)
@@ -439,8 +453,9 @@ class AcdService:
         self.commands_seen += 1
         request_id = ""
         try:
-            with contextlib.suppress(Exception):
-                request_id = str(json.loads(payload).get("id", ""))
+            if len(payload) <= MAX_COMMAND_BYTES:
+                with contextlib.suppress(Exception):
+                    request_id = str(json.loads(payload).get("id", ""))
             command = parse_command(payload)
             reply = self.execute(command)
         except (CommandError, AcdError) as exc:
@@ -480,8 +495,12 @@ class AcdService:
                     delay = 0.5
                     async for message in client.messages:
                         payload = message.payload
-                        if isinstance(payload, bytes):
+                        if not isinstance(payload, bytes):
+                            continue
+                        try:
                             await self.handle_message(payload)
+                        except Exception:  # one bad message must not end agent commands
+                            log.exception("ACD command not handled")
             except aiomqtt.MqttError as exc:
                 log.warning("ACD commands: MQTT %s:%d: %s", settings.host, settings.port, exc)
             finally:
