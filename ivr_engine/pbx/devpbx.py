@@ -379,7 +379,10 @@ class DevPbx:
                     timeout=min(2.0, max(0.1, deadline - time.monotonic())),
                 )
             except ami_probe.AmiProbeError as exc:
-                if "refused user" in str(exc) or time.monotonic() >= deadline:
+                # A refusal while Asterisk stops or restarts ("Asterisk is shutting down") is
+                # transient; any other refusal is the credentials, which waiting cannot fix.
+                refused = "refused user" in str(exc) and "shutting down" not in str(exc).lower()
+                if refused or time.monotonic() >= deadline:
                     raise
 
     # ----------------------------------------------------------------------------- reload

@@ -502,6 +502,12 @@ class AmiClient:
             try:
                 await self._send(protocol, login, timeout=self._settings.action_timeout)
             except AmiActionFailed as exc:
+                if "shutting down" in exc.reason.lower():
+                    # Asterisk refuses every login while it stops or restarts: not a
+                    # credentials problem (start-up must not give up on it), retry later.
+                    raise AmiDisconnected(
+                        f"AMI at {self.address} is shutting down ({exc.reason})"
+                    ) from None
                 raise AmiLoginError(
                     f"AMI at {self.address} refused login for user "
                     f"{self._settings.username!r}: {exc.reason} "

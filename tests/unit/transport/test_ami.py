@@ -72,6 +72,7 @@ class FakeAmi:
         self.drop_on: set[str] = set()
         self.silent = False  # stop answering, keep the socket: half-open
         self.fully_booted = True
+        self.shutting_down = False  # Asterisk refuses every login while it stops or restarts
         self.originate_event_first = False  # a fast failure can overtake the "queued" reply
         self.connections = 0
         self.writers: list[asyncio.StreamWriter] = []
@@ -137,6 +138,8 @@ class FakeAmi:
         aid = ("ActionID", msg.get("actionid", ""))
         if action == "login":
             self.logins.append(msg)
+            if self.shutting_down:
+                return [frame(("Response", "Error"), aid, ("Message", "Asterisk is shutting down"))]
             if msg.get("username") == "ivr-engine" and msg.get("secret") == SECRET:
                 out = [frame(("Response", "Success"), aid, ("Message", "Authentication accepted"))]
                 if self.fully_booted:
@@ -457,6 +460,20 @@ async def test_login_success_reports_connected_and_typed_events(fake: FakeAmi) -
     assert not client.connected
     assert fake.counts["logoff"] == 1
     assert not other_tasks()
+
+
+async def test_a_pbx_shutting_down_is_not_a_credentials_error(fake: FakeAmi) -> None:
+    """During `core restart` Asterisk answers Login with "Asterisk is shutting down": a
+    transient refusal (the daemon retries; start-up must not stop on it as on a bad secret)."""
+    fake.shutting_down = True
+    client = AmiClient(settings(fake.port))
+    with pytest.raises(AmiDisconnected, match="shutting down") as info:
+        await client.connect()
+    assert not isinstance(info.value, AmiLoginError)
+    fake.shutting_down = False
+    await client.connect()
+    assert client.connected
+    await client.close()
 
 
 async def test_refused_login_raises_once_and_never_logs_the_secret(
