@@ -97,7 +97,12 @@ def test_broker_outage_calls_unaffected_events_bounded_then_resumed(
     dropped = int(back[0].split(";")[1].split()[0])
     assert dropped >= 1, back
     print(f"MQTT: {dropped} events dropped and counted; {seen_during} messages seen before")
-    # Everything that did arrive is well-formed JSON with its event name.
+    # Everything that did arrive is a well-formed JSON object; call events carry their name
+    # (the ACD's retained figures and agent statuses are state, not named events).
     for _, topic, payload in capture.messages:
         body = json.loads(payload)
-        assert body["event"] == topic.rsplit("/", 1)[-1] or "/queue/" in topic, (topic, body)
+        assert isinstance(body, dict), (topic, body)
+        if topic.startswith("ivr/call/") and "/queue/" not in topic:
+            assert body["event"] == topic.rsplit("/", 1)[-1], (topic, body)
+        elif topic.startswith("ivr/acd/stats/"):
+            assert body["event"] == "QueueStats", (topic, body)
