@@ -76,7 +76,7 @@ async def test_wang_hears_prompts_presses_keys_and_is_queued(dev_pbx, daemon):
 
     # Asterisk reports the variables the daemon set on the channel.
     vars_ = {(e.variable, e.value) for e in seen if e.name == "VarSet"}
-    assert ("IVR_NEXT", "queue") in vars_, sorted(vars_)
+    assert ("IVR_NEXT", "acd") in vars_, sorted(vars_)  # the ACD is the default
     queue = dict(vars_).get("IVR_QUEUE")
     assert queue, sorted(vars_)
 
