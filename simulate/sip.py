@@ -386,6 +386,17 @@ class SipStack:
     def __init__(self, *, port: int = 0, log_level: int = 0):
         self.ep = pj.Endpoint()
         self.ep.libCreate()
+        try:
+            self._setup(port, log_level)
+        except BaseException:
+            # A half-made endpoint would outlive this object, and pjsua2 allows one per
+            # process: the next SipStack() would abort the whole process (a taken SIP port
+            # once took a full test run down that way).
+            self.ep.libDestroy()
+            _destroy(self.ep)
+            raise
+
+    def _setup(self, port: int, log_level: int) -> None:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
@@ -451,6 +462,16 @@ class SipStack:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._teardown()
+        finally:
+            # Always, and the C++ endpoint deleted now, not when Python frees the wrapper: a
+            # failed test's traceback keeps its stack alive, and pjsua2 allows one endpoint per
+            # process, so the next SipStack() would abort the whole test run.
+            self.ep.libDestroy()
+            _destroy(self.ep)
+
+    def _teardown(self) -> None:
         self.ep.hangupAllCalls()
         self.pump(0.3)
         for account in self.accounts:
@@ -471,7 +492,6 @@ class SipStack:
             _destroy(account)
         self.calls.clear()
         self.accounts.clear()
-        self.ep.libDestroy()
 
     def __enter__(self) -> SipStack:
         return self
