@@ -349,7 +349,8 @@ async def test_waiting_callers_hear_their_position_and_wait_in_their_language(
     said = {p["call_id"]: p for _, p in mqtt.of("/announced")}
     assert said[one]["position"] == 1 and said[two]["position"] == 2, said
     assert said[two]["agents"] == 0 and said[two]["estimate"] is None  # the agent is paused
-    assert said[two]["keys"] == "1" and said[two]["language"] == "cmn"
+    # withheld callers: no number to call back, so no callback key is offered to them
+    assert said[two]["keys"] == "" and said[two]["language"] == "cmn"
     assert result["up"]  # still waiting, not dropped
     # VAD on the second caller's audio after it queued: the announcements were heard
     assert result["speech"], result
