@@ -149,15 +149,6 @@ def pending_for(service: Any, call_id: str) -> PendingConfirm | None:
     return running.pending.get(call_id) if running is not None else None
 
 
-def _ami_of(service: AcdService) -> AmiClient:
-    # AcdService keeps its AmiClient on the bridge only (see the report: a public
-    # `service.ami` would be better).
-    ami = getattr(service, "ami", None) or getattr(service.bridge, "_ami", None)
-    if ami is None:
-        raise RuntimeError("the ACD service holds no AMI client")
-    return ami  # type: ignore[no-any-return]
-
-
 class AgentConfirmations:
     """Runs beside the ACD router (one per `AcdService`): requests in over MQTT and AMI,
     Redirects out, outcomes back to the agent."""
@@ -165,7 +156,7 @@ class AgentConfirmations:
     def __init__(self, service: AcdService, *, ami: AmiClient | None = None) -> None:
         self.service = service
         self.router = service.router
-        self.ami = ami or _ami_of(service)
+        self.ami = ami or service.ami
         self.publisher = service.publisher
         self.mqtt = service.mqtt
         self.pending: dict[str, PendingConfirm] = {}
