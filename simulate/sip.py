@@ -112,6 +112,40 @@ def find_speech(
     return Speech(segments)
 
 
+def find_prompt(pcm: bytes, wav: str | Path, *, threshold: float = 0.8) -> list[float]:
+    """Where a known recording (8 kHz 16-bit mono WAV, e.g. a prompt) starts in received audio,
+    in seconds: normalised cross-correlation above `threshold`, one hit per occurrence.
+
+    Finds a prompt inside music on hold or other prompts, where voice activity alone cannot
+    tell them apart. G.711 keeps the correlation near 1.0; a different recording scores under
+    0.5."""
+    with wave.open(str(wav)) as w:
+        if w.getframerate() != CLOCK_RATE or w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError(f"{wav}: not 8 kHz 16-bit mono")
+        needle = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float64)
+    heard = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype=np.int16).astype(np.float64)
+    m = len(needle)
+    if m == 0 or len(heard) < m or not needle.any():
+        return []
+    size = 1 << int(np.ceil(np.log2(len(heard) + m)))
+    corr = np.fft.irfft(np.fft.rfft(heard, size) * np.conj(np.fft.rfft(needle, size)), size)
+    corr = corr[: len(heard) - m + 1]
+    energy = np.concatenate(([0.0], np.cumsum(heard * heard)))
+    window = np.sqrt(np.maximum(energy[m:] - energy[:-m], 0.0))
+    score = corr / (window * np.linalg.norm(needle) + 1e-9)
+    hits: list[float] = []
+    candidates = np.flatnonzero(score >= threshold)
+    last = -m
+    for i in candidates:  # one hit per occurrence: the best start within one needle's length
+        if i - last < m:
+            continue
+        span = score[i : i + m]
+        best = int(i + np.argmax(span))
+        hits.append(round(best / CLOCK_RATE, 3))
+        last = best
+    return hits
+
+
 class SimCall(pj.Call):  # type: ignore[misc]
     """One call, outgoing (a caller) or incoming (an agent's phone)."""
 
@@ -202,6 +236,16 @@ class SimCall(pj.Call):  # type: ignore[misc]
             # keeps them distinct, as a human's key presses are.
             self.stack.pump(0.12)
 
+    def play(self, path: str | Path) -> None:
+        """Play a WAV file into the call from now on (what this side says: a message left, an
+        answer to the agent). Started here rather than with the call: pjsua2 renews the
+        caller's audio port when the PBX answers after early media, and a player started
+        earlier stays on the old port. The player lives as long as the call does."""
+        player = pj.AudioMediaPlayer()
+        player.createPlayer(str(path), pj.PJMEDIA_FILE_NO_LOOP)
+        player.startTransmit(self.getAudioMedia(-1))
+        self._player = player
+
     def answer(self, code: int = 200) -> None:
         prm = pj.CallOpParam()
         prm.statusCode = code
@@ -223,6 +267,10 @@ class SimCall(pj.Call):  # type: ignore[misc]
 
     def speech(self) -> Speech:
         return find_speech(self.heard())
+
+    def heard_prompt(self, wav: str | Path, *, threshold: float = 0.8) -> list[float]:
+        """When this call heard the recording `wav` (seconds from the start of media)."""
+        return find_prompt(self.heard(), wav, threshold=threshold)
 
     def heard_seconds(self) -> float:
         return len(self.heard()) / (CLOCK_RATE * 2)

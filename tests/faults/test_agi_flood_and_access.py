@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import selectors
 import socket
 import sqlite3
-import threading
 import time
 
 import pytest
@@ -27,36 +27,53 @@ from tests.faults.support import call_hotline
 
 
 class Flood:
-    """Holds `n` silent TCP connections to host:port from a thread; reopens closed ones."""
+    """Holds `n` silent TCP connections to host:port from a child process; reopens closed ones.
+
+    A child process, not a thread: pjsip's ioqueue is select()-based, so a SIP stack in a
+    process that already holds 2,000 sockets gets descriptors past FD_SETSIZE (1024) and cannot
+    open its transport (pjsua2.Error in transportCreate). The counters are shared values."""
 
     def __init__(self, port: int, n: int) -> None:
+        ctx = multiprocessing.get_context("fork")
         self.port = port
-        self.target = n
-        self.sel = selectors.DefaultSelector()
-        self.open = 0
-        self.closed_by_server = 0
-        self.failures = 0  # connections that were told "FAILURE" (over the cap)
-        self.connect_errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agi-flood", daemon=True)
+        self._target = ctx.Value("i", n)
+        self._open = ctx.Value("i", 0)
+        self._closed_by_server = ctx.Value("i", 0)
+        self._failures = ctx.Value("i", 0)  # connections told "FAILURE" (over the cap)
+        self._stop = ctx.Event()
+        self._process = ctx.Process(target=self._run, name="agi-flood", daemon=True)
 
-    def _connect(self) -> None:
+    @property
+    def open(self) -> int:
+        return self._open.value
+
+    @property
+    def failures(self) -> int:
+        return self._failures.value
+
+    @property
+    def closed_by_server(self) -> int:
+        return self._closed_by_server.value
+
+    def _connect(self, sel: selectors.BaseSelector) -> bool:
         s = socket.socket()
         s.setblocking(False)
         try:
             s.connect_ex(("127.0.0.1", self.port))
         except OSError:
-            self.connect_errors += 1
             s.close()
-            return
-        self.sel.register(s, selectors.EVENT_READ)
-        self.open += 1
+            return False
+        sel.register(s, selectors.EVENT_READ)
+        self._open.value += 1
+        return True
 
     def _run(self) -> None:
+        sel = selectors.DefaultSelector()
         while not self._stop.is_set():
-            while self.open < self.target:
-                self._connect()
-            for key, _ in self.sel.select(timeout=0.1):
+            while self._open.value < self._target.value:
+                if not self._connect(sel):
+                    break
+            for key, _ in sel.select(timeout=0.1):
                 s = key.fileobj
                 assert isinstance(s, socket.socket)
                 try:
@@ -64,22 +81,22 @@ class Flood:
                 except OSError:
                     data = b""
                 if data and data.startswith(b"FAILURE"):
-                    self.failures += 1
+                    self._failures.value += 1
                 if data and not data.startswith(b"FAILURE"):
                     continue
-                self.sel.unregister(s)
+                sel.unregister(s)
                 s.close()
-                self.open -= 1
-                self.closed_by_server += 1
-        for key in list(self.sel.get_map().values()):
+                self._open.value -= 1
+                self._closed_by_server.value += 1
+        for key in list(sel.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
-        self.sel.close()
+        sel.close()
 
     def start(self) -> None:
-        self._thread.start()
+        self._process.start()
 
     def grow(self, n: int) -> None:
-        self.target = n
+        self._target.value = n
 
     def wait_open(self, n: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -90,7 +107,10 @@ class Flood:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
 
 
 @pytest.mark.pbx

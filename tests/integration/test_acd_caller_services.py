@@ -29,6 +29,7 @@ from tests.integration.test_acd_caller_routing import (
     wait_queued,
 )
 from tests.integration.test_acd_pbx import capture, wait_states
+from tests.integration.test_hotline_agent_confirm import bursts
 from tests.support.daemon import run_cli
 from tests.support.mqtt_broker import PrivateBroker
 
@@ -173,8 +174,11 @@ async def test_max_wait_overflows_to_voicemail_and_the_message_is_recorded(
         call = dial_hotline(stack, dev_pbx.sip_port, "", "p2,0")
         calls.append(call)
         call_id = wait_queued(stack, mqtt, "general")
+        # The caller talks from now on: app_voicemail keeps a message only when it holds
+        # at least `minsecs` of sound (a silent one is dropped and VMSTATUS=FAILED).
+        call.play(bursts(tmp_path / "message.wav"))
         # max_wait 6 s, the apology (about 8 s), the mailbox's greeting and the tone,
-        # then a few seconds of "message" before the caller hangs up
+        # then a few seconds of message before the caller hangs up
         stack.pump(28.0)
         up_until_hangup = call.is_connected
         call.end()

@@ -21,7 +21,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pjsua2 as pj
 import pytest
 
 from ivr_engine.agent_confirm import AgentConfirmations, RequestError, parse_request
@@ -253,16 +252,6 @@ def bursts(path: Path, count: int = 150) -> Path:
     return path
 
 
-def speak(call: SimCall, path: Path) -> None:
-    """Play `path` into the call from now on. (A player started with the call, as SimCall's
-    `_play_file` does, is not heard past the IVR: pjsua2 renews the caller's audio port when
-    the PBX answers after early media, and the player stays on the old one.)"""
-    player = pj.AudioMediaPlayer()
-    player.createPlayer(str(path), pj.PJMEDIA_FILE_NO_LOOP)
-    player.startTransmit(call.getAudioMedia(-1))
-    call._player = player  # destroyed with the stack, before pjsua is
-
-
 def agents_ready(daemon: Daemon, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -309,7 +298,7 @@ def confirm_call(
                 "agent 1001 to answer Zhao",
             )
             agent_call = phone.incoming[0]
-            speak(call, caller_wav)  # the caller talks too, from now on
+            call.play(caller_wav)  # the caller talks too, from now on
             stack.wait_for(lambda: bool(capture.of("agent/1001/screenpop")), 10, "screen pop")
             call_id = capture.of("agent/1001/screenpop")[0]["call_id"]
             out["call_id"] = call_id
