@@ -337,6 +337,10 @@ def confirm_call(
                 stack.wait_for(lambda: agent_call.is_ended, 20, "the agent's line to end")
                 out["agent_ended_remotely"] = not agent_call.ended_locally
                 out["agent_heard_on_hold"] = speech_after(agent_call, sent_agent)
+                # released by the router after the 1 s wrap-up, while the phone is still
+                # registered (unregistering at the end logs the agent out)
+                agents_ready(daemon, timeout=30)
+                out["agent_ready_after"] = True
                 return out
             if answer:
                 call.send_dtmf(answer)
@@ -447,7 +451,7 @@ def test_caller_hanging_up_while_confirming_cancels_and_releases_the_agent(
         ("cancelled", "caller-hung-up")
     ], results
     assert seen["agent_ended_remotely"], seen  # the PBX said goodbye to the agent
-    agents_ready(daemon, timeout=30)  # released by the router (after the 1 s wrap-up)
+    assert seen["agent_ready_after"], seen
     entries = [e for e in audit_entries(daemon) if e.get("call_id") == seen["call_id"]]
     assert [(e["operation"], e["outcome"]) for e in entries] == [
         ("transfer", "cancelled:hangup")

@@ -68,6 +68,28 @@ def test_every_listed_module_is_running(dev_pbx: DevPbx) -> None:
     assert loaded_so == set(wanted)
 
 
+def dialplan_applications() -> set[str]:
+    """Every application the shipped dialplan runs: `exten => X,P,App(` and `same => P,App(`."""
+    apps: set[str] = set()
+    pattern = re.compile(r"^\s*(?:exten\s*=>\s*[^,]+,|same\s*=>\s*)[^,]+,\s*([A-Za-z]\w*)")
+    for path in sorted(CONF.glob("extensions*.conf")):
+        for line in path.read_text().splitlines():
+            found = pattern.match(line.split(";", 1)[0])
+            if found:
+                apps.add(found.group(1))
+    return apps
+
+
+def test_every_dialplan_application_is_registered(dev_pbx: DevPbx) -> None:
+    # With autoload=no, an application whose module modules.conf forgets is only found when a
+    # call reaches it ("No application"): the caller or the agent is then stranded.
+    apps = dialplan_applications()
+    assert {"AGI", "Dial", "ChannelRedirect", "VoiceMail", "MixMonitor"} <= apps, apps
+    shown = dev_pbx.cli("core show applications")
+    registered = {line.split(":")[0].strip().lower() for line in shown.splitlines() if ":" in line}
+    assert sorted(a for a in apps if a.lower() not in registered) == []
+
+
 def test_every_configured_object_exists(dev_pbx: DevPbx) -> None:
     endpoints = dev_pbx.cli("pjsip show endpoints")
     for name in ["devtrunk", *(str(n) for n in range(1001, 1011))]:
