@@ -745,6 +745,10 @@ class FastAgiServer:
         # Every connection's task; `_pending` (insertion-ordered: oldest first) is the subset
         # still waiting for its environment. Calls in progress = the difference.
         self._sessions: dict[asyncio.Task[None], AgiSession] = {}
+        # The subset that sent its environment: calls. Not "sessions minus pending": a pending
+        # connection evicted for a newer one is neither until its task ends, and counting it
+        # as a call let a silent flood fill agi.max_sessions.
+        self._calls: set[asyncio.Task[None]] = set()
         self._pending: dict[asyncio.Task[None], AgiSession] = {}
         self._rejects: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -780,7 +784,7 @@ class FastAgiServer:
     @property
     def active_sessions(self) -> int:
         """Calls in progress: connections that sent their environment and have not ended."""
-        return len(self._sessions) - len(self._pending)
+        return len(self._calls)
 
     @property
     def pending_connections(self) -> int:
@@ -1000,6 +1004,7 @@ class FastAgiServer:
     def _session_done(self, task: asyncio.Task[None]) -> None:
         self._sessions.pop(task, None)
         self._pending.pop(task, None)
+        self._calls.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("FastAGI session task %s failed: %r", task.get_name(), exc)
 
@@ -1039,19 +1044,20 @@ class FastAgiServer:
             task = asyncio.current_task()
             if task is not None:
                 self._pending.pop(task, None)
-            if self.active_sessions > self._max_sessions:
+            if self.active_sessions >= self._max_sessions:
                 # Calls that were pending when this one connected have started since.
                 self._warnings.log(
                     "cap",
                     asyncio.get_running_loop().time(),
                     "FastAGI: %d calls already running (agi.max_sessions); told %s FAILURE at "
                     "once so the dialplan falls back",
-                    self.active_sessions - 1,
+                    self.active_sessions,
                     session.peer,
                 )
                 await session.end_with_failure()
                 return
             if task is not None:
+                self._calls.add(task)
                 task.set_name(f"agi-{env.uniqueid}")
             call_id_var.set(env.uniqueid)
             if env.undecodable:

@@ -661,6 +661,40 @@ async def test_silent_connections_do_not_take_call_slots_and_the_oldest_is_evict
     assert not [w for w in warnings if "agi.max_sessions" in w]
 
 
+async def test_evicted_connections_still_closing_are_not_counted_as_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under an accept burst many evicted connections are still closing (their tasks have not
+    seen the end of the stream yet). They are not calls: a real call still gets the one slot
+    of max_sessions=1. (The PBX flood test found them filling agi.max_sessions.)"""
+    monkeypatch.setattr("ivr_engine.transport.fastagi.PENDING_GRACE", 0.0)
+
+    def evict_slowly(self: AgiSession) -> None:  # FAILURE said, the stream left open
+        self.evicted = True
+        self._writer.write(b"FAILURE\n")
+
+    monkeypatch.setattr(AgiSession, "_evict", evict_slowly)
+    served: list[str] = []
+
+    async def handler(session: AgiSession) -> None:
+        served.append(session.call_id)
+
+    async with serving(handler, max_sessions=1, max_pending=2, header_timeout=30.0) as server:
+        silent = [await FakeAsterisk.connect(server.port) for _ in range(5)]
+        for old in silent[:3]:
+            async with asyncio.timeout(IO_TIMEOUT):
+                assert await old.reader.readline() == b"FAILURE\n"
+        assert len(server._sessions) == 5 and server.pending_connections == 2
+        assert server.active_sessions == 0
+        call = await FakeAsterisk.connect(server.port)
+        await call.send(env_block(uniqueid="real.1"))
+        await call.assert_closed_by_server()
+        await call.close()
+        assert served == ["real.1"]
+        for s in silent:
+            await s.close()
+
+
 async def test_a_pending_connection_younger_than_the_grace_is_not_evicted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
