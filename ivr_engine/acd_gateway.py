@@ -22,8 +22,9 @@ pop before the agent's phone rings) and for the agent command channel:
     {"id": ..., "ok": true, "agents": [{"agent", "name", "state", "reason", "registered",
      "skills"}]}  or  {"id": ..., "ok": false, "error": "<why>"}
 
-A malformed command is answered with `ok: false` and the reason when it carries a usable id,
-and logged otherwise; it never changes an agent.
+A malformed command is answered with `ok: false` and the reason when it carries a usable id
+(one that does not parse, e.g. too big or too deep, is searched for `"id": "..."` near its
+start), and logged otherwise; it never changes an agent.
 
 While a caller waits, [acd-wait] runs two short FastAGI scripts that `Engine` hands here:
 `acd-announce` (every `acd.announce_every` seconds: the caller's position and estimated wait
@@ -76,7 +77,11 @@ QUIET_WAKE = 60
 MAX_COMMAND_BYTES = 4096
 REPLY_TOPIC = "acd/reply"
 VERBS = ("list", "login", "logout", "pause", "resume", "reload")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+#: A request id is a topic level: matched whole (`$` would let a final newline through).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+#: The id of a command that does not parse, looked for in its first ID_SEARCH_BYTES.
+_ID_FIELD = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9_.\-]{1,64})"')
+ID_SEARCH_BYTES = 4096
 
 
 class CommandError(ValueError):
@@ -177,6 +182,24 @@ class AcdQueueGateway:
         return QueueOutcome("handed_off", detail="acd")
 
 
+def request_id_of(payload: bytes) -> str:
+    """The id a command's reply goes under, or "" when it has none that is usable.
+
+    Read from the parsed object; a command too big to parse, nested too deeply or not JSON is
+    searched near its start instead, so that its sender still hears why it was refused rather
+    than waiting for its own timeout."""
+    if len(payload) <= MAX_COMMAND_BYTES:
+        try:
+            body = json.loads(payload)
+        except (ValueError, RecursionError):  # ValueError: not JSON, not UTF-8, huge numbers
+            pass
+        else:
+            value = body.get("id") if isinstance(body, dict) else None
+            return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else ""
+    match = _ID_FIELD.search(payload[:ID_SEARCH_BYTES])
+    return match.group(1).decode() if match else ""
+
+
 def parse_command(payload: bytes) -> dict[str, str]:
     """Validate one command message; raise CommandError naming what is wrong."""
     if len(payload) > MAX_COMMAND_BYTES:
@@ -197,7 +220,7 @@ def parse_command(payload: bytes) -> dict[str, str]:
     for key, value in body.items():
         if not isinstance(value, str):
             raise CommandError(f"{key} must be a string")
-    if not _REQUEST_ID.match(body.get("id", "")):
+    if not _REQUEST_ID.fullmatch(body.get("id", "")):
         raise CommandError("id must be 1-64 characters of letters, digits and _.-")
     verb = body.get("verb", "")
     if verb not in VERBS:
@@ -451,16 +474,13 @@ class AcdService:
 
     async def handle_message(self, payload: bytes) -> None:
         self.commands_seen += 1
-        request_id = ""
+        request_id = request_id_of(payload)
         try:
-            if len(payload) <= MAX_COMMAND_BYTES:
-                with contextlib.suppress(Exception):
-                    request_id = str(json.loads(payload).get("id", ""))
             command = parse_command(payload)
             reply = self.execute(command)
         except (CommandError, AcdError) as exc:
             reply = {"ok": False, "error": str(exc)}
-        if not _REQUEST_ID.match(request_id):
+        if not request_id:
             log.warning("ACD command without a usable id ignored: %s", reply.get("error", ""))
             return
         self._publisher.publish(f"{REPLY_TOPIC}/{request_id}", {"id": request_id, **reply})

@@ -38,11 +38,15 @@ MAX_REASON = 200
 PRIORITY_LOWEST = 0  # app_queue's sense, as in the flows: higher is more urgent
 PRIORITY_HIGHEST = 10
 
-#: Task and request ids: a topic level of their own, and a valid matcher id.
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-_NUMBER = re.compile(r"^\+?[0-9]{3,20}$")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.\-]{1,189}\.[A-Za-z]{2,24}$")
-_CIF = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+#: Task and request ids: a topic level of their own, and a valid matcher id. These patterns
+#: are matched whole (fullmatch): with `^...$` and re.match a final newline got through.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_NUMBER = re.compile(r"\+?[0-9]{3,20}")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[A-Za-z0-9.\-]{1,189}\.[A-Za-z]{2,24}")
+_CIF = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+#: The id of a payload that does not parse, looked for in its first ID_SEARCH_BYTES.
+_ID_FIELD = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})"')
+ID_SEARCH_BYTES = 4096
 #: C0 controls but tab and newline, DEL, C1 controls: nothing an agent's screen should render.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CARD = re.compile(r"(?<![0-9])[0-9](?:[ \-]?[0-9]){12,18}(?![0-9])")
@@ -72,7 +76,7 @@ class TaskRejected(ValueError):
 
 
 def check_id(value: object, what: str = "id") -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise TaskRejected(
             f"{what} must be 1-64 characters of letters, digits and _.- "
             "starting with a letter or digit"
@@ -190,17 +194,21 @@ def load_object(payload: bytes, what: str = "a submission") -> dict[str, Any]:
 
 
 def request_id_of(payload: bytes) -> str:
-    """The id a reply can be sent under, or "" when the payload has no usable one."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        # Do not parse a huge payload just to find its id: look at its start only.
-        match = re.search(rb'"id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})"', payload[:4096])
-        return match.group(1).decode() if match else ""
-    try:
-        body = json.loads(payload)
-    except (ValueError, RecursionError):
-        return ""
-    value = body.get("id") if isinstance(body, dict) else None
-    return value if isinstance(value, str) and _ID.match(value) else ""
+    """The id a reply can be sent under, or "" when the payload has no usable one.
+
+    Read from the parsed object; a payload too big to parse (not parsed just to find its id),
+    nested too deeply or not JSON is searched near its start instead, so that its sender hears
+    why on its own reply topic rather than on `acd/task/rejected`."""
+    if len(payload) <= MAX_PAYLOAD_BYTES:
+        try:
+            body = json.loads(payload)
+        except (ValueError, RecursionError):  # ValueError: not JSON, not UTF-8, huge numbers
+            pass
+        else:
+            value = body.get("id") if isinstance(body, dict) else None
+            return value if isinstance(value, str) and _ID.fullmatch(value) else ""
+    match = _ID_FIELD.search(payload[:ID_SEARCH_BYTES])
+    return match.group(1).decode() if match else ""
 
 
 def _text(body: Mapping[str, Any], key: str, limit: int, *, multiline: bool = False) -> str:
@@ -236,13 +244,13 @@ def _customer(value: object) -> Customer:
         if not isinstance(item, str):
             raise TaskRejected(f"customer.{key} must be a string, got {_kind(item)}")
     number = value.get("number", "")
-    if number and not _NUMBER.match(number):
+    if number and not _NUMBER.fullmatch(number):
         raise TaskRejected("customer.number must be 3-20 digits, optionally after a +")
     email = value.get("email", "")
-    if email and (len(email) > MAX_EMAIL or not _EMAIL.match(email)):
+    if email and (len(email) > MAX_EMAIL or not _EMAIL.fullmatch(email)):
         raise TaskRejected("customer.email is not an e-mail address")
     cif = value.get("cif", "")
-    if cif and not _CIF.match(cif):
+    if cif and not _CIF.fullmatch(cif):
         raise TaskRejected("customer.cif must be 1-64 characters of letters, digits and _.-")
     name = _text(value, "name", MAX_NAME)
     return Customer(number=number, name=name, email=email, cif=cif)
@@ -314,7 +322,7 @@ def parse_submission(payload: bytes, roster: Roster) -> TaskRequest:
         raise TaskRejected(f"callback_number must be a string, got {_kind(number)}")
     if channel != CALLBACK and number:
         raise TaskRejected(f"callback_number is for callback tasks, not {channel}")
-    if number and not _NUMBER.match(number):
+    if number and not _NUMBER.fullmatch(number):
         raise TaskRejected("callback_number must be 3-20 digits, optionally after a +")
     present = {"subject": subject, "body": text, "callback_number": number}
     for key in _NEEDS[channel]:

@@ -72,7 +72,7 @@ def call_hotline(
 @dataclass
 class MqttCapture:
     """Subscribes to `#` on a broker and keeps every message; reconnects on its own (paho's
-    loop thread), so it captures again after a broker restart."""
+    loop thread), so it captures again after a broker restart. It can publish too."""
 
     port: int
     messages: list[tuple[float, str, bytes]] = field(default_factory=list)
@@ -103,6 +103,13 @@ class MqttCapture:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        """Publish on the capture's own connection; returns once the broker has it."""
+        info = self._client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(10)
+        if not info.is_published():
+            raise RuntimeError(f"MQTT publish to {topic} not acknowledged")
 
     def topics(self) -> list[str]:
         with self._lock:

@@ -208,6 +208,34 @@ def test_request_id_of_finds_the_reply_topic_even_in_oversize_payloads() -> None
     assert request_id_of(b"garbage") == ""
 
 
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"id": "t-deep", "body": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
+        (b'{"id": "t-digits", "priority": ' + b"9" * 5_000 + b"}", "4300 digits"),
+        (b'{"id": "t-cut", "channel": "chat"', "not JSON"),
+        (b'{"id": "t-bytes", "body": "\xff"}', "not UTF-8"),
+    ],
+)
+def test_request_id_of_finds_the_id_of_payloads_that_do_not_parse(
+    payload: bytes, reason: str
+) -> None:
+    """Refused, but answered on the sender's reply topic, not on acd/task/rejected (found by
+    the fault suite's daemon batch)."""
+    assert request_id_of(payload) == payload.split(b'"')[3].decode()
+    with pytest.raises(TaskRejected, match=reason):
+        parse_submission(payload, ROSTER)
+
+
+def test_an_id_with_a_trailing_newline_is_not_an_id() -> None:
+    # `$` matches before a final newline: such an id would have become a topic level.
+    assert request_id_of(with_(id="web-1\n")) == ""
+    with pytest.raises(TaskRejected, match="id must be"):
+        parse_submission(with_(id="web-1\n"), ROSTER)
+    with pytest.raises(TaskRejected, match="task_id must be"):
+        parse_agent_reply(raw({"task_id": "t1\n", "action": "done"}))
+
+
 # ---------------------------------------------------------------------- the service
 
 
