@@ -7,8 +7,15 @@ call's description in its channel variables: REBUILT), and serves them; no calle
 for ever, nobody is dropped, no agent is left reserved. (An agent's pause lives only in the
 daemon's memory: the agents paused before the kill come back ready.)
 
+Not restarted, nobody routes: [acd-wait]'s safety net takes over. Every
+`acd.announce_every` seconds the wait loop runs the announcement AGI; two failures in a row
+(the daemon's port refuses the connection) send the caller to the operator group. So a caller
+reaches the operators within 2 x announce_every of the kill (one interval to the next failed
+AGI at the latest, one more to the second), and hears hold music, not silence, all the while.
+
 It ends with "no lost call, no stuck agent": agent states from `agents list --json`,
-every call's end in the queue_log and the callers' and phones' own view.
+every call's end in the queue_log (the PBX's log when no daemon is left to write one) and the
+callers' and phones' own view.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 import pytest
 
 from simulate.sip import SimCall, SipStack
+from tests.faults.audio import longest_silence
 from tests.faults.support import queue_events, wait_agent_states
 from tests.support.daemon import Daemon
 from tests.support.mqtt_broker import PrivateBroker
@@ -70,8 +78,8 @@ def _agent(stack: SipStack, port: int, ext: str, rang: list[tuple[str, float]]) 
     )
 
 
-def _call(stack: SipStack, port: int) -> SimCall:
-    call = stack.caller(CHEN).call(f"sip:4008@127.0.0.1:{port}")
+def _call(stack: SipStack, port: int, name: str = "") -> SimCall:
+    call = stack.caller(CHEN, name=name).call(f"sip:4008@127.0.0.1:{port}")
     call.wait_connected(15)
     return call
 
@@ -150,3 +158,109 @@ def test_sigkill_with_callers_waiting_then_restart_serves_them(
             verbs,
         )
     assert "ACD: 2 of 2 agent phone(s) registered at start" in logs
+
+
+#: acd.announce_every of the no-restart test: the smallest the settings allow.
+ANNOUNCE = 10.0
+#: From a failed AGI to an operator's phone answering: Queue(operators) rings both (ringall)
+#: and the operators' phones answer after 0.3 s.
+OPERATOR_SLACK = 3.0
+MAX_DEAD_AIR = 3.0  # as for callers in the IVR (tests/faults/test_daemon_killed.py)
+
+
+def test_sigkill_with_callers_waiting_and_no_restart_reaches_the_operators(
+    dev_pbx, hotline, prompts_built, daemons, broker, tmp_path
+):  # type: ignore[no-untyped-def]
+    """Two callers wait (both agents on a break), announcements every 10 s; the daemon is
+    SIGKILLed and not restarted. Each caller's wait loop fails its announcement AGI twice and
+    goes to the operators: within 2 x announce_every (plus the operators' answer), never
+    sooner than one interval (one failure is not enough), with no silence longer than
+    MAX_DEAD_AIR in what the caller heard from the kill to the operator's answer."""
+    d = _daemon(daemons, tmp_path, broker, announce_every=f"{ANNOUNCE:g}")
+    port = dev_pbx.sip_port
+    rang: list[tuple[str, float]] = []
+    names = ("Waiting One", "Waiting Two")
+    mark = dev_pbx.mark()
+    with SipStack() as stack:
+        agents = [_agent(stack, port, ext, rang) for ext in ("1001", "1002")]
+        operators = [
+            stack.agent(
+                op, f"agent-{op}-dev", registrar=f"sip:127.0.0.1:{port}", auto_answer_after=0.3
+            )
+            for op in ("1009", "1010")
+        ]
+        calls: list[SimCall] = []
+        try:
+            for phone in (*agents, *operators):
+                phone.wait_registered(10)
+            stack.pump(0.5)
+            wait_agent_states(d, {"1001": "ready", "1002": "ready"})
+            for ext in ("1001", "1002"):  # on a break: the callers wait in the queue
+                d.cli("agents", "pause", ext, "break", "--timeout", "10")
+            wait_agent_states(d, {"1001": "paused", "1002": "paused"})
+            for n, name in enumerate(names, 1):
+                calls.append(_call(stack, port, name))
+                stack.wait_for(lambda n=n: len(_queued(d)) >= n, 90, f"caller {n} queued")
+            call_ids = _queued(d)
+            stack.pump(2.0)
+            kill_media = [c.heard_seconds() for c in calls]
+            d.kill()
+            killed = time.monotonic()
+
+            def legs(name: str) -> list[SimCall]:
+                """The operator phones' calls from one caller (ringall rings both)."""
+                return [c for op in operators for c in op.incoming if name in c.remote_uri]
+
+            def answered(name: str) -> list[float]:
+                return [c.confirmed_at for c in legs(name) if c.confirmed_at is not None]
+
+            stack.wait_for(
+                lambda: all(answered(n) for n in names),
+                2 * ANNOUNCE + OPERATOR_SLACK + 15,
+                "both callers to reach an operator",
+            )
+            reached = [min(answered(name)) - killed for name in names]
+            stack.pump(1.0)
+            up = [c.is_connected for c in calls]
+            talking = [sum(leg.is_connected for leg in legs(name)) for name in names]
+            # From the kill to the operator's answer, in the caller's own audio.
+            silences = [
+                longest_silence(c.heard(), at, at + r)
+                for c, at, r in zip(calls, kill_media, reached, strict=True)
+            ]
+            # The meter's own check: the operators' phones send no sound, so the second after
+            # an operator answered is silence to it.
+            answered_quiet = [
+                longest_silence(c.heard(), at + r + 0.2, at + r + 1.0).length
+                for c, at, r in zip(calls, kill_media, reached, strict=True)
+            ]
+            operator_uris = sorted(c.remote_uri for op in operators for c in op.incoming)
+        finally:
+            for c in calls:
+                c.end()
+            stack.pump(0.5)
+            for phone in (*agents, *operators):
+                phone.unregister()
+            stack.pump(0.5)
+            calls.clear()
+            agents.clear()
+            operators.clear()
+    for name, r, quiet in zip(names, reached, silences, strict=True):
+        print(
+            f"SIGKILL, no restart: {name!r} with an operator {r:.1f}s after the kill "
+            f"(announce_every {ANNOUNCE:g}s); longest silence {quiet.length:.2f}s "
+            f"at {quiet.start:.1f}s of media"
+        )
+    # Both callers with an operator, each with exactly one, nobody dropped, no agent rung.
+    assert up == [True, True], up
+    assert talking == [1, 1], (talking, operator_uris)
+    assert rang == [], rang
+    # The wait loop's safety net, not anything sooner: one failed AGI is not enough.
+    assert all(ANNOUNCE - 1.0 <= r <= 2 * ANNOUNCE + OPERATOR_SLACK for r in reached), reached
+    log = "\n".join(dev_pbx.lines_since(mark))
+    for call_id in call_ids:
+        assert f"acd-wait {call_id} the daemon does not answer: operators" in log, log[-3000:]
+        # Queued with the ACD, which died: no end in its queue_log, the PBX's log has it.
+        assert [v for v, _, _ in queue_events(d, call_id)] == ["ENTERQUEUE"]
+    assert max(q.length for q in silences) < MAX_DEAD_AIR, silences
+    assert min(answered_quiet) >= 0.5, answered_quiet
