@@ -112,17 +112,22 @@ def find_speech(
     return Speech(segments)
 
 
-def find_prompt(pcm: bytes, wav: str | Path, *, threshold: float = 0.8) -> list[float]:
+def find_prompt(
+    pcm: bytes, wav: str | Path, *, threshold: float = 0.8, head: float | None = None
+) -> list[float]:
     """Where a known recording (8 kHz 16-bit mono WAV, e.g. a prompt) starts in received audio,
     in seconds: normalised cross-correlation above `threshold`, one hit per occurrence.
 
     Finds a prompt inside music on hold or other prompts, where voice activity alone cannot
     tell them apart. G.711 keeps the correlation near 1.0; a different recording scores under
-    0.5."""
+    0.5. `head` matches only the recording's first seconds: on a loaded machine the receiving
+    jitter buffer may drop or repeat a frame inside a long prompt, which shifts its second half
+    against the first and sinks a whole-recording match."""
     with wave.open(str(wav)) as w:
         if w.getframerate() != CLOCK_RATE or w.getsampwidth() != 2 or w.getnchannels() != 1:
             raise ValueError(f"{wav}: not 8 kHz 16-bit mono")
-        needle = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float64)
+        frames = w.getnframes() if head is None else min(w.getnframes(), int(head * CLOCK_RATE))
+        needle = np.frombuffer(w.readframes(frames), dtype=np.int16).astype(np.float64)
     heard = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype=np.int16).astype(np.float64)
     m = len(needle)
     if m == 0 or len(heard) < m or not needle.any():
@@ -268,9 +273,12 @@ class SimCall(pj.Call):  # type: ignore[misc]
     def speech(self) -> Speech:
         return find_speech(self.heard())
 
-    def heard_prompt(self, wav: str | Path, *, threshold: float = 0.8) -> list[float]:
-        """When this call heard the recording `wav` (seconds from the start of media)."""
-        return find_prompt(self.heard(), wav, threshold=threshold)
+    def heard_prompt(
+        self, wav: str | Path, *, threshold: float = 0.8, head: float | None = None
+    ) -> list[float]:
+        """When this call heard the recording `wav` (seconds from the start of media); `head`:
+        its first seconds only (see `find_prompt`)."""
+        return find_prompt(self.heard(), wav, threshold=threshold, head=head)
 
     def heard_seconds(self) -> float:
         return len(self.heard()) / (CLOCK_RATE * 2)
