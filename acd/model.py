@@ -36,8 +36,8 @@ CALLBACK = "callback"
 #: and one is offered only to an agent with no work at all.
 EXCLUSIVE_CHANNELS = frozenset({VOICE, CALLBACK})
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
-_CHANNEL = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}\Z")
+_CHANNEL = re.compile(r"^[a-z][a-z0-9_\-]{0,31}\Z")
 
 
 class Strategy(enum.StrEnum):

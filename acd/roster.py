@@ -46,8 +46,8 @@ from acd.errors import AcdError, ConfigurationError
 from acd.model import AgentSpec, QueueSpec, Step, Strategy
 from acd.requirement import parse
 
-_EXTENSION = re.compile(r"^[0-9]{2,8}$")
-_ENDPOINT = re.compile(r"^PJSIP/[A-Za-z0-9_.\-]{1,64}$")
+_EXTENSION = re.compile(r"^[0-9]{2,8}\Z")
+_ENDPOINT = re.compile(r"^PJSIP/[A-Za-z0-9_.\-]{1,64}\Z")
 _QUEUE_KEYS = frozenset(
     {
         "strategy",

@@ -62,8 +62,8 @@ CONFIRM_CONTEXT = "agent-confirm"  # asterisk-conf/extensions-confirm.conf
 HOLD_CONTEXT = "agent-confirm-hold"
 OPERATIONS = ("transfer", "wealth_purchase")
 MAX_AMOUNT = Decimal("10000000.00")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_AGENT_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,32}\Z")
 _FIELDS = {"id", "call_id", "operation", "amount", "account"}
 
 #: The running instance of each ACD service, for the flow's data source (`pending_for`).

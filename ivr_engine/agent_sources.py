@@ -42,10 +42,10 @@ LANGUAGE_SKILLS: tuple[tuple[str, str], ...] = (
     ("english", "en"),
 )
 #: A pause reason as the router, MQTT and `ivr-engine agents` carry it.
-PAUSE_REASON = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+PAUSE_REASON = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 #: A channel name (PJSIP/1005-0000002a) -> its endpoint (PJSIP/1005).
-_CHANNEL = re.compile(r"^(?P<endpoint>[A-Za-z]+/.+)-[0-9a-f]{8}$")
-_ENDPOINT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_CHANNEL = re.compile(r"^(?P<endpoint>[A-Za-z]+/.+)-[0-9a-f]{8}\Z")
+_ENDPOINT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
 
 LOGGED_OUT = "logged-out"
 READY = "ready"

@@ -32,7 +32,7 @@ from ivr_engine.protocol.ami import ActionValue, AmiEvent, AmiResponse, Originat
 
 MODES = ("listen", "whisper", "barge")
 CONTEXT = "supervise"
-_EXTENSION = re.compile(r"^[0-9]{2,8}$")
+_EXTENSION = re.compile(r"^[0-9]{2,8}\Z")
 #: DEVICE_STATE values of a phone with a call up (Asterisk's ast_devstate_str).
 ON_CALL = frozenset({"INUSE", "BUSY", "ONHOLD", "RINGINUSE"})
 #: DEVICE_STATE values of a phone that cannot be rung.

@@ -18,10 +18,10 @@ from ivr_engine.flow.model import (
 )
 from ivr_engine.flow.yamltree import Diagnostic, Y, YMap, YScalar, YSeq, describe
 
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-SOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-CHANNEL_VAR = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*\Z")
+SOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+CHANNEL_VAR = re.compile(r"^[A-Z][A-Z0-9_]{0,63}\Z")
 SAY_KINDS = frozenset({"number", "money", "date", "time", "digits", "masked"})
 RESERVED = (
     frozenset({"caller", "call", "true", "false", "and", "or", "not", "in"}) | ex.FUNCTION_NAMES
