@@ -1,8 +1,9 @@
 """The one place events leave the process: an MQTT notifier.
 
 `publish()` never blocks and never fails a call: events go into a bounded buffer that a single
-owned task drains into the broker. When the broker is away the buffer fills; past its bound the
-oldest events are dropped, counted, and the outage is logged once (not once per event). When the
+owned task drains into the broker. When the broker is away the buffer fills; past its bound
+(`mqtt.buffer`; with the broker connected at least `CONNECTED_BUFFER_MIN`) the oldest events
+are dropped, counted, and the outage is logged once (not once per event). When the
 broker returns, publishing resumes with what the buffer still holds. Retained topics (live queue
 statistics) keep only their latest value in the buffer.
 
@@ -43,6 +44,10 @@ COALESCE_S = 0.005
 # 3,000 events/s, 10 events a call). paho queues them and one socket write sends the lot.
 # Past this many packets not yet written, the drain waits for the socket to catch up.
 MAX_UNWRITTEN = 1000
+# While the broker is connected the buffer only holds the events of the moment until the drain
+# runs (COALESCE_S): `mqtt.buffer` bounds an outage, and a small one must not drop a call's
+# burst of events with the broker up. Connected, the bound is at least this many.
+CONNECTED_BUFFER_MIN = MAX_UNWRITTEN
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,10 @@ class MqttNotifier:
             self._retained.move_to_end(event.topic)
         else:
             self._buffer.append(event)
-            while len(self._buffer) > self.settings.buffer:
+            limit = self.settings.buffer
+            if self.connected.is_set():
+                limit = max(limit, CONNECTED_BUFFER_MIN)
+            while len(self._buffer) > limit:
                 self._buffer.popleft()
                 self._note_drop()
         self._wakeup.set()
@@ -119,6 +127,15 @@ class MqttNotifier:
         self.dropped += 1
         if not self._drop_logged:
             self._drop_logged = True
+            if self.connected.is_set():
+                log.error(
+                    "MQTT event buffer full (%d events) with the broker at %s:%d connected: "
+                    "it takes events more slowly than they come; dropping the oldest",
+                    len(self._buffer),
+                    self.settings.host,
+                    self.settings.port,
+                )
+                return
             log.error(
                 "MQTT event buffer full (%d events): dropping the oldest until the broker at "
                 "%s:%d is back",
