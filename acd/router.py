@@ -35,7 +35,8 @@ Call life, as the dialplan in `asterisk-conf/extensions.conf` drives it:
 Agents: `contact_changed(endpoint, registered)` logs roster agents with `login: auto` in and
 out as their phones register and unregister; `login/logout/pause/resume` are the manual verbs
 (CLI, MQTT). A change the state machine forbids now (logging out a ringing agent) is kept and
-applied as soon as it becomes legal.
+applied as soon as it becomes legal. Pauses and logouts by hand are handed to an `AgentKeeper`
+on every change, so that a restarted daemon can `restore_kept` them (`KeptAgent`).
 """
 
 from __future__ import annotations
@@ -117,6 +118,25 @@ class CallbackPlacer(Protocol):
     back through `Router.answered`, `dial_result` and `callback_result`."""
 
     async def place(self, call: RoutedCall, agent: str, endpoint: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeptAgent:
+    """What a restarted daemon must not lose of one agent: a pause with its `reason`, or a
+    logout by hand (`reason` None: the phone's registration must not log the agent back in).
+    `since` is the wall clock (epoch seconds) when it began. A logout because the phone went
+    away is not kept: the phone's state after the restart says it again."""
+
+    reason: str | None
+    since: float
+
+
+class AgentKeeper(Protocol):
+    """Where the kept agents go (`ivr_engine.agent_keep.AgentStateFile`): called with all of
+    them after every change. It must not raise for storage reasons (it logs them); the router
+    logs anything that escapes and routes on."""
+
+    def keep(self, kept: Mapping[str, KeptAgent]) -> None: ...
 
 
 class LoopScheduler:
@@ -285,6 +305,13 @@ class Router:
         self._handle_times: dict[str, deque[float]] = {}
         self._reach: dict[str, Requirement] = {}  # matcher queue -> its last relaxation step
         self._retries: set[asyncio.TimerHandle] = set()
+        #: Pauses and logouts by hand go here on every change (None: in memory only). Set it
+        #: before the first agent logs in (`restore_kept`).
+        self.keeper: AgentKeeper | None = None
+        self._kept: dict[str, KeptAgent] = {}
+        self._kept_pending: set[str] = set()  # kept before the restart, not applied yet
+        self._out_by_hand: set[str] = set()  # logged out by a verb, not by their phone
+        self._restored: list[int] | None = None  # [pauses, logouts] until reported
 
     # ------------------------------------------------------------------ queue events
 
@@ -915,6 +942,12 @@ class Router:
         for agent_id in old.agents:
             if agent_id not in roster.agents:
                 self._when_legal(agent_id, "logout", functools.partial(self._logout, agent_id))
+        gone = [agent_id for agent_id in self._kept if agent_id not in roster.agents]
+        for agent_id in gone:
+            del self._kept[agent_id]
+            self._kept_pending.discard(agent_id)
+        if gone:
+            self._write_kept()
         for agent_id, entry in roster.agents.items():
             before = old.agents.get(agent_id)
             if (
@@ -946,8 +979,11 @@ class Router:
             return
         if registered:
             self._registered.add(entry.id)
-            if entry.login == "auto" and self._state(entry.id) in (None, AgentState.LOGGED_OUT):
-                self.login(entry.id)
+            if self._state(entry.id) in (None, AgentState.LOGGED_OUT):
+                if entry.id in self._kept_pending:
+                    self._restore(entry.id)
+                elif entry.login == "auto":
+                    self.login(entry.id)
         else:
             self._registered.discard(entry.id)
             if self._state(entry.id) not in (None, AgentState.LOGGED_OUT):
@@ -967,8 +1003,15 @@ class Router:
         self._publish_agent(agent_id)
 
     def logout(self, agent_id: str) -> None:
+        """Log out by hand (CLI, MQTT, the phone's *91): kept across a restart."""
         self._agent_known(agent_id)
-        self._logout(agent_id)
+        self._out_by_hand.add(agent_id)
+        try:
+            self._logout(agent_id)
+        except AcdError:
+            self._out_by_hand.discard(agent_id)
+            raise
+        self._keep(agent_id)  # also when it was logged out already (by its phone)
 
     def _logout(self, agent_id: str) -> None:
         if self._state(agent_id) in (None, AgentState.LOGGED_OUT):
@@ -1029,9 +1072,95 @@ class Router:
             )
         return out
 
+    # ------------------------------------------------------------------ kept across a restart
+
+    def restore_kept(self, kept: Mapping[str, KeptAgent]) -> None:
+        """At start, before any agent logs in: what the daemon before this one kept. Each is
+        applied when the agent's phone is found registered (`contact_changed`, which
+        `AcdAmiBridge.rebuild` calls for every phone): a pause logs the agent in paused with
+        its reason (never ready first, so no call is offered in between), a logout by hand
+        keeps it logged out. A verb for the agent before that replaces it. Agents no longer
+        in the roster are dropped."""
+        dropped = sorted(agent_id for agent_id in kept if agent_id not in self.roster.agents)
+        for agent_id in dropped:
+            log.info(
+                "agent %s: kept state dropped: not in the roster %s", agent_id, self.roster.path
+            )
+        self._kept = {a: k for a, k in kept.items() if a in self.roster.agents}
+        self._kept_pending = set(self._kept)
+        self._restored = [0, 0]
+        if dropped:
+            self._write_kept()
+
+    def report_restored(self) -> None:
+        """One line, after the first rebuild of the agents since `restore_kept`."""
+        if self._restored is None:
+            return
+        (pauses, logouts), self._restored = self._restored, None
+        log.info(
+            "ACD: %d pause(s) restored from before the restart, %d agent(s) kept logged out "
+            "by hand, %d waiting for their phone",
+            pauses,
+            logouts,
+            len(self._kept_pending),
+        )
+
+    def kept(self) -> dict[str, KeptAgent]:
+        """The pauses and logouts by hand a restart would keep now."""
+        return dict(self._kept)
+
+    def _restore(self, agent_id: str) -> None:
+        self._kept_pending.discard(agent_id)
+        kept = self._kept[agent_id]
+        level = logging.DEBUG if self._restored is not None else logging.INFO
+        if kept.reason is None:
+            log.log(level, "agent %s: logged out by hand before the restart: stays so", agent_id)
+            self._out_by_hand.add(agent_id)
+            if self._restored is not None:
+                self._restored[1] += 1
+            return
+        log.log(level, "agent %s: paused (%s) as before the restart", agent_id, kept.reason)
+        if self._restored is not None:
+            self._restored[0] += 1
+        self.login(agent_id, paused=kept.reason)
+
+    def _keep(self, agent_id: str) -> None:
+        """Bring the agent's kept state in line with its state now; write on a change."""
+        if self.keeper is None:
+            return
+        self._kept_pending.discard(agent_id)
+        state = self._state(agent_id) or AgentState.LOGGED_OUT
+        if state is not AgentState.LOGGED_OUT:
+            self._out_by_hand.discard(agent_id)
+        old = self._kept.get(agent_id)
+        new: KeptAgent | None = None
+        if state is AgentState.PAUSED:
+            reason = self.m.pause_reason(agent_id) or ""
+            same = old is not None and old.reason == reason
+            new = old if same else KeptAgent(reason, time.time())
+        elif state is AgentState.LOGGED_OUT and agent_id in self._out_by_hand:
+            same = old is not None and old.reason is None
+            new = old if same else KeptAgent(None, time.time())
+        if new is old:
+            return
+        if new is None:
+            del self._kept[agent_id]
+        else:
+            self._kept[agent_id] = new
+        self._write_kept()
+
+    def _write_kept(self) -> None:
+        if self.keeper is None:
+            return
+        try:
+            self.keeper.keep(self._kept)
+        except Exception:  # the keeper's bug must never stop routing
+            log.exception("agent states not kept for a restart")
+
     def _publish_agent(self, agent_id: str) -> None:
         state = self._state(agent_id) or AgentState.LOGGED_OUT
         self._agent_event(agent_id, state)
+        self._keep(agent_id)
         self.publisher.publish(
             f"agent/{agent_id}/status",
             {

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivr_engine.acd_stats import acd_stats_extension
 from ivr_engine.agent_confirm import extension as agent_confirm_extension
+from ivr_engine.agent_keep import agent_keep_extension
 from ivr_engine.queue_log import queue_log_extension
 from ivr_engine.tasks import task_extension
 
@@ -24,5 +25,6 @@ if TYPE_CHECKING:
 
 Extension = Callable[["AcdService"], AbstractAsyncContextManager[Any]]
 
-EXTENSIONS: list[Extension] = [task_extension, agent_confirm_extension]
+# Pauses kept across a restart first: they are in the router before the agents log in.
+EXTENSIONS: list[Extension] = [agent_keep_extension, task_extension, agent_confirm_extension]
 EXTENSIONS += [queue_log_extension, acd_stats_extension]  # queue_log, then live statistics

@@ -159,7 +159,9 @@ class AcdAmiBridge:
 
     async def rebuild(self) -> int:
         """Ask the PBX which agent phones can take a call now and log `login: auto` agents in
-        (out when their phone is not there); returns how many are up.
+        (out when their phone is not there); returns how many are up. An agent paused or
+        logged out by hand before a daemon restart is logged in paused with the same reason,
+        or left logged out (`Router.restore_kept`); one line says how many.
 
         `Getvar DEVICE_STATE(PJSIP/<ext>)` (class call, which the engine has): the contact
         listing actions (PJSIPShowContacts) need `system` write, which no AMI user here gets,
@@ -188,6 +190,7 @@ class AcdAmiBridge:
             up += registered
             self._guard(self._router.contact_changed, entry.endpoint, registered)
         log.info("ACD: %d of %d agent phone(s) registered at start", up, len(entries))
+        self._router.report_restored()
         return up
 
     def _on_contact(self, event: AmiEvent) -> None:

@@ -112,6 +112,17 @@ def find_speech(
     return Speech(segments)
 
 
+def write_wav(path: str | Path, pcm: bytes) -> Path:
+    """Save 8 kHz 16-bit mono PCM (what a call heard) as a WAV file."""
+    p = Path(path)
+    with wave.open(str(p), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(CLOCK_RATE)
+        w.writeframes(pcm)
+    return p
+
+
 def find_prompt(
     pcm: bytes, wav: str | Path, *, threshold: float = 0.8, head: float | None = None
 ) -> list[float]:
@@ -312,13 +323,7 @@ class SimCall(pj.Call):  # type: ignore[misc]
         return segs[-1][1]
 
     def save_wav(self, path: str | Path) -> Path:
-        p = Path(path)
-        with wave.open(str(p), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(CLOCK_RATE)
-            w.writeframes(self.heard())
-        return p
+        return write_wav(path, self.heard())
 
 
 def _answer_if_ringing(call: SimCall) -> None:

@@ -1,11 +1,12 @@
 """Fault: the daemon is SIGKILLed while callers wait in the ACD's queue ([acd-wait], music on
 hold), on the dev PBX with pjsua2 callers and agent phones and a private Mosquitto.
 
-Restarted, the new daemon reads the agents from AMI (their phones' device states: logged in
-and ready) and the waiting callers from their channels (CoreShowChannels in [acd-wait] and the
-call's description in its channel variables: REBUILT), and serves them; no caller hears music
-for ever, nobody is dropped, no agent is left reserved. (An agent's pause lives only in the
-daemon's memory: the agents paused before the kill come back ready.)
+Restarted, the new daemon reads the agents from AMI (their phones' device states: logged in)
+and the waiting callers from their channels (CoreShowChannels in [acd-wait] and the call's
+description in its channel variables: REBUILT). The agents paused before the kill are paused
+again with their reason (kept in the agent state file beside the store,
+ivr_engine/agent_keep.py), so nobody on a break is rung; once they resume, the callers are
+served; no caller hears music for ever, nobody is dropped, no agent is left reserved.
 
 Not restarted, nobody routes: [acd-wait]'s safety net takes over. Every
 `acd.announce_every` seconds the wait loop runs the announcement AGI; two failures in a row
@@ -116,6 +117,15 @@ def test_sigkill_with_callers_waiting_then_restart_serves_them(
             rang_while_down = list(rang)
             restarted = time.monotonic()
             d.start()
+            # Still on their break after the restart, with its reason: nobody is rung.
+            paused = wait_agent_states(d, {"1001": "paused", "1002": "paused"})
+            stack.pump(2.0)
+            up_while_paused = [c.is_connected for c in calls]
+            rang_while_paused = list(rang)
+            resumed = time.monotonic()
+            paused_after = resumed - restarted
+            for ext in ("1001", "1002"):  # back from the break: the callers are served
+                d.cli("agents", "resume", ext)
             stack.wait_for(
                 lambda: (
                     all(c.is_connected for c in calls)
@@ -124,7 +134,7 @@ def test_sigkill_with_callers_waiting_then_restart_serves_them(
                 60,
                 "both callers with an agent after the restart",
             )
-            served = time.monotonic() - restarted
+            served = time.monotonic() - resumed
             stack.pump(1.0)
             talking = wait_agent_states(d, {"1001": "on-call", "1002": "on-call"}, 5)
             for c in calls:
@@ -142,11 +152,17 @@ def test_sigkill_with_callers_waiting_then_restart_serves_them(
             agents.clear()
     code = d.stop()
     print(
-        f"SIGKILL with 2 callers waiting: both with an agent {served:.1f}s after the restart "
-        "began (daemon start included)"
+        f"SIGKILL with 2 callers waiting: agents still paused, resumed {paused_after:.1f}s after "
+        f"the restart began (daemon start included); both callers with an agent {served:.1f}s "
+        "after the resume"
     )
     assert code == 0, d.output()[-3000:]
     assert up_while_down == [True, True] and rang_while_down == []
+    assert {a: (paused[a]["state"], paused[a]["reason"]) for a in ("1001", "1002")} == {
+        "1001": ("paused", "break"),
+        "1002": ("paused", "break"),
+    }, paused
+    assert up_while_paused == [True, True] and rang_while_paused == [], rang_while_paused
     assert talking["1001"]["state"] == "on-call" and final["1001"]["state"] == "ready"
     logs = d.logs()
     for call_id in call_ids:
@@ -158,6 +174,7 @@ def test_sigkill_with_callers_waiting_then_restart_serves_them(
             verbs,
         )
     assert "ACD: 2 of 2 agent phone(s) registered at start" in logs
+    assert "ACD: 2 pause(s) restored from before the restart" in logs, logs[-3000:]
 
 
 #: acd.announce_every of the no-restart test: the smallest the settings allow.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
 
-from simulate.sip import CLOCK_RATE, find_prompt
+from simulate.sip import CLOCK_RATE, find_prompt, write_wav
 
 FRAME = CLOCK_RATE // 50  # 20 ms, one RTP packet
 
@@ -21,12 +20,7 @@ def _voice(seconds: float, seed: int) -> np.ndarray:
 
 
 def _wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(CLOCK_RATE)
-        w.writeframes(samples.tobytes())
-    return path
+    return write_wav(path, samples.tobytes())
 
 
 def _heard(*parts: np.ndarray) -> bytes:
