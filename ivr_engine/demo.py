@@ -10,6 +10,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from ivr_engine.agent_keep import state_path
 from ivr_engine.cif.seed import seed
 from ivr_engine.cif.store import CifStore
 from ivr_engine.config import Settings
@@ -48,3 +49,9 @@ def prepare(settings: Settings, *, customers: int) -> None:
     result = pbx.up()
     _say(f"dev PBX {result.action} (pid {result.pid}) in {result.seconds:.1f}s")
     asyncio.run(_seed(Path(settings.store.path), customers))
+    # The demo starts with every agent as its phone says: pauses and logouts by hand kept by
+    # an earlier demo's daemon (e.g. a no-answer pause) would keep the walkthrough's agent away.
+    kept = state_path(Path(settings.store.path))
+    if kept.exists():
+        kept.unlink()
+        _say(f"agent pauses kept by an earlier demo cleared ({kept})")

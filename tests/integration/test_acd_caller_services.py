@@ -233,9 +233,14 @@ async def test_callers_waiting_across_a_daemon_restart_are_rebuilt_and_served(
         stack.pump(3.0)  # the caller waits on with music, nobody routes
         rang_while_down = list(phones[0].rang)
         daemon.start()
-        # the agent is rebuilt from AMI (phone registered: ready), the caller from the
-        # channel's variables: the agent rings for this caller
-        stack.wait_for(lambda: bool(phones[0].rang), 30, "1003 to ring after restart")
+        # the agent is rebuilt from AMI (phone registered) still on its break (the pause is
+        # kept across the restart), the caller from the channel's variables; once the agent
+        # resumes it rings for this caller
+        wait_states(daemon, {"1003": "paused"})
+        stack.pump(1.0)
+        rang_while_paused = list(phones[0].rang)
+        daemon.cli("agents", "resume", "1003", "--timeout", "10")
+        stack.wait_for(lambda: bool(phones[0].rang), 30, "1003 to ring after the resume")
         stack.wait_for(
             lambda: (
                 call.is_connected
@@ -250,6 +255,7 @@ async def test_callers_waiting_across_a_daemon_restart_are_rebuilt_and_served(
             "call_id": call_id,
             "code": code,
             "rang_while_down": rang_while_down,
+            "rang_while_paused": rang_while_paused,
             "caller_up": call.is_connected,
         }
 
@@ -261,6 +267,7 @@ async def test_callers_waiting_across_a_daemon_restart_are_rebuilt_and_served(
         stop_daemon(daemon)
     call_id = result["call_id"]
     assert result["code"] == 0 and result["rang_while_down"] == []
+    assert result["rang_while_paused"] == []
     assert result["caller_up"]
     # the rebuilt call carries its description: queue, priority and the masked screen pop
     assert len(queued(mqtt, "general")) == 2  # queued before, and again after the restart
