@@ -91,6 +91,28 @@ def files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
+def kept_on_disk(store: Path, agents: dict[str, dict[str, Any]]) -> None:
+    """What an earlier daemon left in the store's agent state file."""
+    state_path(store).write_text(json.dumps({"version": 1, "agents": agents}))
+
+
+def paused(reason: str, since: float) -> dict[str, Any]:
+    return {"state": "paused", "reason": reason, "since": since}
+
+
+def vip_caller_waits(router: Router, call_id: str) -> None:
+    """A VIP caller (Cantonese, private banking) registered by the IVR and now waiting."""
+    router.register(
+        call_id,
+        queue="vip",
+        requirement="cantonese and private_banking",
+        priority=10,
+        language="yue",
+        screen_pop={},
+    )
+    router.call_waiting(call_id, "PJSIP/trunk-1")
+
+
 def on_disk(store: Path) -> dict[str, Any]:
     body = json.loads(state_path(store).read_text())
     assert body["version"] == 1
@@ -161,15 +183,7 @@ async def test_the_no_answer_auto_pause_is_kept_and_a_phone_logout_is_not(
         router.contact_changed("PJSIP/1001", True)
         router.contact_changed("PJSIP/1002", True)
         router.pause("1002", "training")
-        router.register(
-            "c1",
-            queue="vip",
-            requirement="cantonese and private_banking",
-            priority=10,
-            language="yue",
-            screen_pop={},
-        )
-        router.call_waiting("c1", "PJSIP/trunk-1")
+        vip_caller_waits(router, "c1")
         assert router.calls["c1"].agent == "1001"
         router.dial_result("c1", "1001", "NOANSWER")
         assert states(router)["1001"] == ("paused", "no-answer")
@@ -185,15 +199,7 @@ async def test_a_kept_pause_logs_the_agent_in_paused_never_ready_first(tmp_path:
     router.keeper = AgentStateFile(tmp_path / "ivr.agents.json")
     async with router:
         router.restore_kept({"1001": KeptAgent("break", time.time() - 60)})
-        router.register(
-            "c1",
-            queue="vip",
-            requirement="cantonese and private_banking",
-            priority=10,
-            language="yue",
-            screen_pop={},
-        )
-        router.call_waiting("c1", "PJSIP/trunk-1")
+        vip_caller_waits(router, "c1")
         router.contact_changed("PJSIP/1001", True)
         await router.drain()
         assert states(router)["1001"] == ("paused", "break")
@@ -208,17 +214,7 @@ async def test_a_kept_pause_logs_the_agent_in_paused_never_ready_first(tmp_path:
 async def test_a_kept_pause_waits_for_the_phone_and_a_verb_replaces_it(
     tmp_path: Path, store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    state_path(store).write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "agents": {
-                    "1001": {"state": "paused", "reason": "break", "since": 1.0},
-                    "1002": {"state": "paused", "reason": "lunch", "since": 2.0},
-                },
-            }
-        )
-    )
+    kept_on_disk(store, {"1001": paused("break", 1.0), "1002": paused("lunch", 2.0)})
     caplog.set_level(logging.INFO)
     ami = PhonesAmi({"PJSIP/1001": "UNAVAILABLE", "PJSIP/1002": "UNAVAILABLE"})
     s = service(tmp_path, ami)
@@ -237,17 +233,7 @@ async def test_a_kept_pause_waits_for_the_phone_and_a_verb_replaces_it(
 async def test_entries_for_agents_no_longer_in_the_roster_are_dropped(
     tmp_path: Path, store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    state_path(store).write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "agents": {
-                    "1001": {"state": "paused", "reason": "break", "since": 1.0},
-                    "4242": {"state": "paused", "reason": "break", "since": 1.0},
-                },
-            }
-        )
-    )
+    kept_on_disk(store, {"1001": paused("break", 1.0), "4242": paused("break", 1.0)})
     caplog.set_level(logging.INFO)
     s = service(tmp_path)
     async with s.running():
