@@ -1011,7 +1011,8 @@ class Router:
         except AcdError:
             self._out_by_hand.discard(agent_id)
             raise
-        self._keep(agent_id)  # also when it was logged out already (by its phone)
+        # also when it was logged out already (by its phone)
+        self._keep(agent_id, self._state(agent_id) or AgentState.LOGGED_OUT)
 
     def _logout(self, agent_id: str) -> None:
         if self._state(agent_id) in (None, AgentState.LOGGED_OUT):
@@ -1124,12 +1125,12 @@ class Router:
             self._restored[0] += 1
         self.login(agent_id, paused=kept.reason)
 
-    def _keep(self, agent_id: str) -> None:
-        """Bring the agent's kept state in line with its state now; write on a change."""
+    def _keep(self, agent_id: str, state: AgentState) -> None:
+        """Bring the agent's kept state in line with `state`, its state now; write on a
+        change."""
         if self.keeper is None:
             return
         self._kept_pending.discard(agent_id)
-        state = self._state(agent_id) or AgentState.LOGGED_OUT
         if state is not AgentState.LOGGED_OUT:
             self._out_by_hand.discard(agent_id)
         old = self._kept.get(agent_id)
@@ -1160,7 +1161,7 @@ class Router:
     def _publish_agent(self, agent_id: str) -> None:
         state = self._state(agent_id) or AgentState.LOGGED_OUT
         self._agent_event(agent_id, state)
-        self._keep(agent_id)
+        self._keep(agent_id, state)
         self.publisher.publish(
             f"agent/{agent_id}/status",
             {

@@ -147,12 +147,12 @@ class AgentStateFile:
         """Replace the file with `kept`. Never raises for storage reasons: logs an ERROR."""
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, encode(kept))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # A file object writes the whole text or raises (a bare os.write may write part of
+            # it on a full disk and return, and the rename would then keep a truncated file).
+            with open(tmp, "wb") as f:
+                f.write(encode(kept))
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self.path)
             self._sync_dir()
         except OSError as exc:

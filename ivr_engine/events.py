@@ -203,6 +203,7 @@ class MqttNotifier:
                 self._client = None
                 if not self._outage_logged:
                     self._outage_logged = True
+                    self._drop_logged = False  # this outage's first drop is logged
                     log.error(
                         "MQTT broker %s:%d unavailable (%s); buffering up to %d events",
                         self.settings.host,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 
 import pytest
 
@@ -55,3 +57,30 @@ async def test_a_broker_too_slow_while_connected_still_bounds_the_buffer(
     assert _calls(n)[0] == 5
     full = [r for r in caplog.records if "buffer full" in r.getMessage()]
     assert len(full) == 1 and "connected" in full[0].getMessage()
+
+
+async def test_an_outage_after_a_slow_spell_logs_its_own_first_drop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on: the broker is away
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    n = MqttNotifier(MqttSettings(port=port, buffer=4), reconnect_min=0.05, reconnect_max=0.05)
+    n.connected.set()
+    with caplog.at_level(logging.ERROR, logger="ivr_engine.events"):
+        for i in range(CONNECTED_BUFFER_MIN + 1):  # slow broker: one drop, logged
+            n.publish("call/1/NodeEntered", {"n": i})
+        n.connected.clear()
+        await n.start()
+        try:
+            for _ in range(100):
+                if any("unavailable" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+            for i in range(10):
+                n.publish("call/2/NodeEntered", {"n": i})
+        finally:
+            await n.close(flush_timeout=0)
+    full = [r.getMessage() for r in caplog.records if "buffer full" in r.getMessage()]
+    assert len(full) == 2 and "connected" in full[0] and "until the broker" in full[1], full
+    assert len(n._buffer) == 4

@@ -31,6 +31,7 @@ def test_acd_agent_ids_and_skills_are_matched_whole() -> None:
 
 
 def test_roster_extensions_and_endpoints_are_matched_whole() -> None:
+    assert _agent("1001", {"endpoint": "PJSIP/1001"}, "roster.yaml").endpoint == "PJSIP/1001"
     with pytest.raises(RosterError, match="extension"):
         _agent("1001\n", {}, "roster.yaml")
     with pytest.raises(RosterError, match="endpoint"):
@@ -38,6 +39,7 @@ def test_roster_extensions_and_endpoints_are_matched_whole() -> None:
 
 
 def test_agent_confirm_ids_are_matched_whole() -> None:
+    assert parse_request("1001", GOOD_REQUEST).id == "r1"
     with pytest.raises(RequestError, match="agent id"):
         parse_request("1001\n", GOOD_REQUEST)
     with pytest.raises(RequestError, match="^id must"):
@@ -46,6 +48,7 @@ def test_agent_confirm_ids_are_matched_whole() -> None:
 
 def test_pause_reasons_supervisor_extensions_and_flow_names_are_matched_whole() -> None:
     assert PAUSE_REASON.match("lunch") and not PAUSE_REASON.match("lunch\n")
+    assert check_args("listen", "1001", "1009").agent == "1001"
     with pytest.raises(UsageError, match="AGENT"):
         check_args("listen", "1001\n", "1009")
     for pattern, good in ((NAME, "amount"), (NODE_ID, "main-menu"), (CHANNEL_VAR, "IVR_NEXT")):
