@@ -17,9 +17,10 @@ Data structures (see docs/acd.md for the full argument):
 * Call arrives: the best head among the few slots (or heaps) of its requirement's view.
   Agent frees up: compare the (always live) heads of the non-empty call heaps it is eligible
   for. Both are bounded by the configuration, not by the number of agents or calls.
-* Deletion is lazy: an idle item carries the agent's version (an identity test); pausing,
-  offering, answering... bump it. A waiting call has exactly one live heap entry. Heaps that
-  grow past twice their live size are compacted (amortised O(1) per push).
+* Deletion is lazy: an idle item is live while it is the agent's current item (an identity
+  test against `Matcher._idle`); offering, pausing, logging out... clear it. A waiting call has
+  exactly one live heap entry. Heaps that grow past twice their live size are compacted
+  (amortised O(1) per push).
 
 Ordering rules: calls by (priority, arrival time - queue weight, arrival sequence), lower first;
 agents by the queue's strategy key, ties broken by the agent's registration index.
@@ -98,8 +99,9 @@ Kind = tuple[int, tuple[str, ...]]
 class _Heap(list[Any]):
     """A heap (plain list for heapq) that remembers when it should be compacted next.
 
-    Entries hold only numbers (never objects), so CPython's garbage collector untracks them:
-    millions of heap entries then cost the cyclic collector nothing.
+    Entries hold only numbers and tuples of numbers (a strategy heap's entry ends with the
+    idle item it was pulled from; never an agent or call object), so CPython's garbage
+    collector untracks them: millions of heap entries then cost the cyclic collector nothing.
     """
 
     __slots__ = ("limit", "live", "number")
@@ -115,8 +117,8 @@ class _Slot:
     """A group of interchangeable-for-eligibility idle agents on one channel.
 
     Either one (skill, level bucket) or one multi-skill conjunction. Agents becoming idle are
-    appended to `inbox` as (idle since, index, version): one append per slot, whatever the
-    number of strategies.
+    appended to `inbox` as one item (idle since, index, announcement, ...), the same tuple in
+    every slot: one append per slot, whatever the number of strategies.
 
     Longest-idle needs no heap: an announcement whose entry is greater than every entry
     announced before it (in any slot: `Matcher._last_item`) keeps the inbox sorted, so the
@@ -136,8 +138,9 @@ class _Slot:
     __slots__ = ("inbox", "head", "side", "heaps", "limit", "li")
 
     def __init__(self) -> None:
-        # (idle since, index, version, occupancy, calls handled, last offer): the strategies'
-        # keys ride along, so a pull need not touch the agent (they hold while it is live).
+        # (idle since, index, announcement, occupancy, calls handled, last offer): the
+        # strategies' keys ride along, so a pull need not touch the agent (they hold while it
+        # is live). The announcement number orders an agent's own items, oldest first.
         self.inbox: list[tuple[float, int, int, float, int, int]] = []
         self.head = 0
         self.side = _Heap()
@@ -273,7 +276,9 @@ class _Call:
         self.step = 0
         self.req = queue.reqs[0]
         self.state = NEW
-        self.agents: list[_Agent] = []
+        # The agents ringing, a tuple (most calls ring one agent, many never ring: no list
+        # and item array to allocate per call, one object to read when the call is answered).
+        self.agents: tuple[_Agent, ...] = ()
         self.agent: _Agent | None = None
         self.timed = False
         self.heap: _Heap | None = None  # the call heap holding it while it waits
@@ -314,11 +319,13 @@ class Matcher:
         self._multi_kinds_by_id: dict[int, list[Kind]] = {}
         self._agents: dict[str, _Agent] = {}
         self._by_idx: list[_Agent] = []
-        # Version of each agent (by index): an idle entry is live iff its version is current.
-        # Entries hold the very int object read from this list, and a version only grows
-        # (every change stores a new, greater int), so liveness is an identity test: it reads
-        # the list slot without touching the int objects.
-        self._vers: list[int] = []
+        # Each agent's live idle item (by index), None while it is not idle: an inbox entry
+        # is live iff it is that very tuple (a strategy heap entry carries the item it was
+        # pulled from). Any change of state stores None, which touches no object but the
+        # list slot: no version object to read, release and allocate per transition, each a
+        # cache miss once the centre no longer fits in the CPU's caches.
+        self._idle: list[tuple[Any, ...] | None] = []
+        self._tick = 0  # items' announcement number: orders an agent's items (stale first)
         self._calls: dict[str, _Call] = {}
         # Waiting calls by sequence (what a call heap entry names). Only waiting calls: most
         # calls never wait, and a small index stays in the caches.
@@ -553,7 +560,7 @@ class Matcher:
         if allowed is None or target not in allowed:
             raise IllegalTransition(ag.id, event, ag.state.value, target.value)
         ag.state = target
-        self._vers[ag.idx] += 1  # whatever the agent was queued as is no longer true
+        self._idle[ag.idx] = None  # whatever the agent was queued as is no longer true
 
     def _busy_end(self, ag: _Agent, now: float) -> None:
         ag.busy_time += now - ag.busy_start
@@ -575,13 +582,14 @@ class Matcher:
     def _push_idle(self, ag: _Agent, now: float | None, chans: tuple[str, ...]) -> None:
         """Announce the agent as idle to every slot it belongs to; `now` None keeps the keys."""
         idx = ag.idx
-        vers = self._vers
-        vers[idx] += 1
+        self._tick += 1
         if now is not None:
             span = now - ag.login_time
             busy = ag.busy_time + (now - ag.busy_start if ag.total else 0.0)
             ag.occ = busy / span if span > 0 else 0.0
-        item = (ag.avail_since, idx, vers[idx], ag.occ, ag.handled, ag.last_offer)
+        item = (ag.avail_since, idx, self._tick, ag.occ, ag.handled, ag.last_offer)
+        idle = self._idle
+        idle[idx] = item
         if chans is ag.channels:
             slots: Iterable[_Slot] = ag.all_slots
         else:
@@ -602,7 +610,7 @@ class Matcher:
                 side = slot.side
                 heappush(side, item)
                 if len(side) > side.limit:
-                    side[:] = [e for e in side if vers[e[1]] is e[2]]
+                    side[:] = [e for e in side if idle[e[1]] is e]
                     heapify(side)
                     side.limit = max(MIN_COMPACT, 2 * len(side))
             if len(inbox) > slot.limit:
@@ -610,12 +618,12 @@ class Matcher:
 
     def _compact_slot(self, slot: _Slot) -> None:
         """Keep only the live inbox entries (in order); strategy heaps keep what they pulled."""
-        vers = self._vers
+        idle = self._idle
         inbox = slot.inbox
         if not slot.heaps:
-            inbox[:] = [e for e in inbox[slot.head :] if vers[e[1]] is e[2]]
+            inbox[:] = [e for e in inbox[slot.head :] if idle[e[1]] is e]
         else:
-            kept = [i for i in range(slot.head, len(inbox)) if vers[inbox[i][1]] is inbox[i][2]]
+            kept = [i for i in range(slot.head, len(inbox)) if idle[inbox[i][1]] is inbox[i]]
             for heap in slot.heaps:
                 # What the heap had pulled stays pulled: its cursor moves to the same place.
                 heap.cursor = bisect_left(kept, heap.cursor)
@@ -629,27 +637,27 @@ class Matcher:
         start = heap.cursor
         if start >= len(inbox):
             return
-        vers = self._vers
+        idle = self._idle
         agents = self._by_idx
         code = heap.code
         push = heappush
         for i in range(start, len(inbox)):
             item = inbox[i]
-            if vers[item[1]] is not item[2]:
+            if idle[item[1]] is not item:
                 continue  # decided before unpacking: a stale item's numbers stay untouched
-            avail, idx, ver, occ, handled, last_offer = item
+            avail, idx, _tick, occ, handled, last_offer = item
             if code == HP:
                 score = 0
                 skills = agents[idx].skills
                 for sk in heap.score_skills:
                     score -= skills.get(sk, 0)
-                entry: tuple[Any, ...] = (score, avail, idx, ver)
+                entry: tuple[Any, ...] = (score, avail, idx, item)
             elif code == LO:
-                entry = (occ, avail, idx, ver)
+                entry = (occ, avail, idx, item)
             elif code == FC:
-                entry = (handled, avail, idx, ver)
+                entry = (handled, avail, idx, item)
             else:
-                entry = (last_offer, idx, ver)
+                entry = (last_offer, idx, item)
             push(heap, entry)
         heap.cursor = len(inbox)
         if len(heap) > heap.limit:
@@ -728,12 +736,12 @@ class Matcher:
         if ag.state not in _OFFER_FROM:
             self._move(ag, "offer", RESERVED)  # raises IllegalTransition
         ag.state = RESERVED
-        self._vers[ag.idx] += 1
+        self._idle[ag.idx] = None
         ag.offer = call
         self._offer_seq += 1
         ag.last_offer = self._offer_seq
         call.state = OFFERED
-        call.agents.append(ag)
+        call.agents = (*call.agents, ag) if call.agents else (ag,)
         # tuple.__new__ skips the named tuple's Python-level __new__ (same object).
         out.append(_new(Offer, (call.id, ag.id, call.queue.id, call.channel)))
 
@@ -746,7 +754,7 @@ class Matcher:
             members = self._view(req, queue.kind, call.channel)
         limit = queue.ring_limit
         found: list[_Agent] = []
-        vers = self._vers
+        idle = self._idle
         pop = heappop
         li = queue.li
         while len(found) < limit:
@@ -760,7 +768,7 @@ class Matcher:
                     entry = None
                     while h < n:
                         e = inbox[h]
-                        if vers[e[1]] is e[2]:
+                        if idle[e[1]] is e:
                             entry = e
                             break
                         h += 1
@@ -768,7 +776,7 @@ class Matcher:
                     side = slot.side
                     if side:
                         s = side[0]
-                        while vers[s[1]] is not s[2]:
+                        while idle[s[1]] is not s:
                             pop(side)
                             if not side:
                                 break
@@ -789,7 +797,7 @@ class Matcher:
                         continue
                     entry = heap[0]
                     stale = 0
-                    while vers[entry[-2]] is not entry[-1]:
+                    while idle[entry[-2]] is not entry[-1]:
                         stale += 1
                         if stale > STALE_POPS:
                             # A backlog (agents taken through their other slots since this
@@ -810,7 +818,7 @@ class Matcher:
                 pop(best_heap)
                 idx = best[-2]
             found.append(self._by_idx[idx])
-            vers[idx] += 1  # its entries elsewhere are stale from now on
+            idle[idx] = None  # its entries elsewhere are stale from now on
         return found
 
     def _apply_due_steps(self, call: _Call, now: float) -> None:
@@ -890,7 +898,7 @@ class Matcher:
             self._index_agent(ag)
             self._agents[spec.id] = ag
             self._by_idx.append(ag)
-            self._vers.append(0)
+            self._idle.append(None)
         else:
             agent_state.check(ag.id, "login", ag.state, target)
             if ag.spec != spec:
@@ -975,7 +983,7 @@ class Matcher:
         out: list[Decision] = []
         agents = call.agents
         others = [a for a in agents if a is not ag] if len(agents) > 1 else ()
-        call.agents = []
+        call.agents = ()
         call.agent = ag
         call.state = CONNECTED
         if call.timed:
@@ -1004,7 +1012,7 @@ class Matcher:
         """Ring-no-answer: the call goes back to its place (others first), the agent may pause."""
         call, ag = self._offered_to(call_id, agent_id)
         out: list[Decision] = []
-        call.agents.remove(ag)
+        call.agents = tuple(a for a in call.agents if a is not ag)
         ag.offer = None
         ag.misses += 1
         if not call.agents:
@@ -1029,7 +1037,7 @@ class Matcher:
         self._forget(call)
         if call.state == OFFERED:
             agents = call.agents
-            call.agents = []
+            call.agents = ()
             for ag in agents:
                 out.append(Withdraw(call.id, ag.id, "caller-hung-up"))
             for ag in agents:
@@ -1116,8 +1124,8 @@ class Matcher:
 
     def _compact_agents(self, heap: _Heap) -> None:
         """Drop stale idle entries and restore the heap property (amortised O(1) per push)."""
-        vers = self._vers
-        heap[:] = [e for e in heap if vers[e[-2]] is e[-1]]
+        idle = self._idle
+        heap[:] = [e for e in heap if idle[e[-2]] is e[-1]]
         heapify(heap)
         heap.limit = max(MIN_COMPACT, 2 * len(heap))
 
