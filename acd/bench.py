@@ -27,11 +27,8 @@ import gc
 import heapq
 import json
 import math
-import multiprocessing
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -535,40 +532,6 @@ def generate(n_agents: int, steady: int, seed: int) -> Trace:
     return trace
 
 
-def _generate_timed(n_agents: int, steady: int, seed: int) -> tuple[Trace, float]:
-    t0 = time.perf_counter()
-    trace = generate(n_agents, steady, seed)
-    return trace, time.perf_counter() - t0
-
-
-def record(
-    sizes: tuple[int, ...], steady: int, seed: int
-) -> tuple[dict[int, Trace], dict[int, float], str]:
-    """Record every size's trace in child processes (the largest first, two at a time).
-
-    Why not here: recording builds a whole centre's matcher beside the trace; freed, it leaves
-    the trace's memory riddled with holes that the replayed matcher then fills, so a replay's
-    objects end up spread over twice the memory among the trace's. At 100,000 agents that
-    costs the replay 10-15% in cache and TLB misses (docs/acd.md) that are the bench's doing,
-    not the matcher's: a daemon builds its matcher once, in a heap no other centre was freed
-    from. Traces recorded elsewhere arrive here compact, and the replays get fresh memory.
-    Returns the traces, each one's recording time, and where they were recorded.
-    """
-    order = sorted(sizes, reverse=True)
-    workers = min(len(order), os.cpu_count() or 1, 2)
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {n: pool.submit(_generate_timed, n, steady, seed) for n in order}
-            done = {n: futures[n].result() for n in order}
-        where = f"{workers} child process{'es' if workers > 1 else ''}"
-    except OSError as exc:  # no semaphores or no fork here: record in this process
-        done = {n: _generate_timed(n, steady, seed) for n in order}
-        where = f"this process (child processes failed: {exc})"
-    traces = {n: done[n][0] for n in sizes}
-    seconds = {n: round(done[n][1], 2) for n in sizes}
-    return traces, seconds, where
-
-
 def _collect() -> None:
     """Free a finished replay's matcher (its slots and strategy heaps refer to each other)
     outside any timed region; the recorded traces are frozen out of the collector's way."""
@@ -687,9 +650,12 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
         ref_events = {1_000: 1_000, 10_000: 60, 100_000: 6}
     seconds: dict[int, dict[str, float]] = {n: {} for n in SIZES}
     with _NoGc():
-        traces, generated, recorded_in = record(SIZES, steady, seed)
+        traces = {}
         for n in SIZES:
-            seconds[n]["generate"] = generated[n]
+            t0 = time.perf_counter()
+            traces[n] = generate(n, steady, seed)
+            seconds[n]["generate"] = round(time.perf_counter() - t0, 2)
+        gc.collect()  # the recording driver's matcher
         gc.freeze()
         replays: dict[int, list[Replay]] = {n: [] for n in SIZES}
         for _ in range(repeats):
@@ -738,7 +704,6 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
         "sizes": {str(n): r for n, r in results.items()},
         "python": sys.version.split()[0],
         "quick": quick,
-        "recorded_in": recorded_in,
         "repeats": repeats,
         "seed": seed,
     }
@@ -747,9 +712,7 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
 METHOD = {
     "decision": "one event handled by the matcher (it returns its decisions, maybe none)",
     "trace": "recorded once per size by a driver that plays the centre against a heap matcher; "
-    "the first 45 virtual seconds (logins, a burst of calls already in progress) are warm-up; "
-    "recorded in child processes (recorded_in), so that the replays' matchers do not fill the "
-    "holes a freed recording matcher left among the trace's objects",
+    "the first 45 virtual seconds (logins, a burst of calls already in progress) are warm-up",
     "timing": "the recorded trace is replayed through a fresh Matcher; perf_counter_ns around "
     "each call only (bound method and arguments looked up before the loop); each event's "
     "figure is its median over the replays; decisions_per_s = events / sum of those figures; "

@@ -149,34 +149,3 @@ def test_cli_latency_text_and_bad_arguments(capsys: pytest.CaptureFixture[str]) 
 def test_cli_bench_rejects_zero_repeats(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["acd", "bench", "--repeats", "0"]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
-
-
-def test_traces_recorded_in_child_processes_are_the_ones_recorded_here() -> None:
-    """The bench records its traces in child processes (so that the replays get memory no
-    recording matcher was freed from): the matcher is deterministic, so a child's trace is the
-    very trace this process records, and every size comes back, in the order asked."""
-    traces, seconds, where = bench.record((150, 300), steady=800, seed=11)
-    assert re.fullmatch(r"1 child process|2 child processes", where)
-    assert list(traces) == [150, 300] and all(s > 0 for s in seconds.values())
-    for n in (150, 300):
-        here = bench.generate(n, 800, seed=11)
-        assert traces[n].agents == n
-        assert traces[n].events == here.events
-        assert traces[n].decisions == here.decisions
-        assert bench.replay_timed(traces[n]).identical is True
-
-
-def test_traces_are_recorded_here_when_child_processes_cannot_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """No child processes (no semaphores in a container, say): the traces are recorded in
-    this process and the result says so, instead of the bench failing."""
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(38, "Function not implemented")
-
-    monkeypatch.setattr(bench, "ProcessPoolExecutor", refuse)
-    traces, _, where = bench.record((120,), steady=300, seed=2)
-    assert where.startswith("this process (child processes failed:")
-    assert "Function not implemented" in where
-    assert traces[120].events == bench.generate(120, 300, seed=2).events
