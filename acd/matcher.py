@@ -325,7 +325,7 @@ class Matcher:
         # list slot: no version object to read, release and allocate per transition, each a
         # cache miss once the centre no longer fits in the CPU's caches.
         self._idle: list[tuple[Any, ...] | None] = []
-        self._tick = 0  # items' announcement number: orders an agent's items (stale first)
+        self._idle_seq = 0  # items' announcement number: orders an agent's items (stale first)
         self._calls: dict[str, _Call] = {}
         # Waiting calls by sequence (what a call heap entry names). Only waiting calls: most
         # calls never wait, and a small index stays in the caches.
@@ -582,12 +582,12 @@ class Matcher:
     def _push_idle(self, ag: _Agent, now: float | None, chans: tuple[str, ...]) -> None:
         """Announce the agent as idle to every slot it belongs to; `now` None keeps the keys."""
         idx = ag.idx
-        self._tick += 1
+        self._idle_seq += 1
         if now is not None:
             span = now - ag.login_time
             busy = ag.busy_time + (now - ag.busy_start if ag.total else 0.0)
             ag.occ = busy / span if span > 0 else 0.0
-        item = (ag.avail_since, idx, self._tick, ag.occ, ag.handled, ag.last_offer)
+        item = (ag.avail_since, idx, self._idle_seq, ag.occ, ag.handled, ag.last_offer)
         idle = self._idle
         idle[idx] = item
         if chans is ag.channels:
@@ -645,7 +645,7 @@ class Matcher:
             item = inbox[i]
             if idle[item[1]] is not item:
                 continue  # decided before unpacking: a stale item's numbers stay untouched
-            avail, idx, _tick, occ, handled, last_offer = item
+            avail, idx, _seq, occ, handled, last_offer = item
             if code == HP:
                 score = 0
                 skills = agents[idx].skills
@@ -741,7 +741,7 @@ class Matcher:
         self._offer_seq += 1
         ag.last_offer = self._offer_seq
         call.state = OFFERED
-        call.agents = (*call.agents, ag) if call.agents else (ag,)
+        call.agents += (ag,)
         # tuple.__new__ skips the named tuple's Python-level __new__ (same object).
         out.append(_new(Offer, (call.id, ag.id, call.queue.id, call.channel)))
 
@@ -1239,3 +1239,10 @@ class Matcher:
                 raise InvariantViolation(f"agent {ag.id}: {ag.state} with work")
             if ag.state is ON_CALL and not ag.total:
                 raise InvariantViolation(f"agent {ag.id}: on call without work")
+            # An agent with room for work is announced idle (or it would never be offered a
+            # call again), and only such an agent is.
+            if (self._idle[ag.idx] is not None) != bool(self._channels_free(ag)):
+                raise InvariantViolation(
+                    f"agent {ag.id}: idle item {self._idle[ag.idx]} with free channels"
+                    f" {self._channels_free(ag)}"
+                )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from acd import matcher as matcher_module
+from acd.errors import InvariantViolation
 from acd.matcher import Matcher
 from acd.model import AgentSpec, CallSpec, Offer, QueueSpec, Strategy
 from acd.reference import ReferenceMatcher
@@ -107,3 +108,19 @@ def test_call_heap_heads_are_live_after_hang_ups_and_promotions() -> None:
     assert heap.live == 0 and not heap and m._nonempty == 0
     out = same(m, r, "login", AgentSpec("a", {"cards": 3}), 11.0)
     assert out == []
+
+
+def test_invariants_catch_a_ready_agent_that_was_never_announced_idle() -> None:
+    """A ready agent with no idle item would never be offered a call again: the invariant
+    check (run after every event by the property tests) reports it, and the converse."""
+    m, r = both([QueueSpec.build("q", "cards")])
+    same(m, r, "login", AgentSpec("a0", {"cards": 5}), 0.0)
+    item = m._idle[0]
+    m._idle[0] = None  # lost: ready, but in no slot any more
+    with pytest.raises(InvariantViolation, match="a0: idle item None"):
+        m.check_invariants()
+    m._idle[0] = item
+    same(m, r, "pause", "a0", "break", 1.0)
+    m._idle[0] = item  # a paused agent still announced idle
+    with pytest.raises(InvariantViolation, match="with free channels \\(\\)"):
+        m.check_invariants()
