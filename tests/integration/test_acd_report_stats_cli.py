@@ -60,14 +60,24 @@ async def run(port: int, *args: str, stop_after: float | None = None) -> tuple[i
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "ivr_engine.cli", "stats", *args],
         cwd=REPO,
-        env={**os.environ, "IVR_ENGINE_MQTT_PORT": str(port)},
+        # faulthandler: a command that hangs is made to print where (SIGABRT below)
+        env={**os.environ, "IVR_ENGINE_MQTT_PORT": str(port), "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     if stop_after is not None:
         await asyncio.sleep(stop_after)
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    communicate = asyncio.ensure_future(proc.communicate())
+    done, _ = await asyncio.wait({communicate}, timeout=60)
+    if not done:
+        # Never leave it running (its pipes would be reported as leaked in a later test):
+        # make it dump every thread's stack, then fail with what it printed.
+        proc.send_signal(signal.SIGABRT)
+        out, err = await asyncio.wait_for(communicate, 10)
+        raise AssertionError(f"`ivr-engine stats {' '.join(args)}` did not end within 60 s "
+                             f"(SIGINT after {stop_after} s): {err.decode()[-4000:]}")
+    out, err = communicate.result()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
