@@ -55,10 +55,19 @@ def broker(tmp_path: Path) -> Any:
     b.stop()
 
 
+#: `python -m ivr_engine.cli`, with Ctrl-C working as in a terminal. A process started in the
+#: background by a shell without job control (`make test &` in a script) has SIGINT ignored,
+#: and its children inherit that: the command would then rightly ignore our Ctrl-C too.
+CTRL_C_LIVE = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'ivr-engine'; runpy.run_module('ivr_engine.cli', run_name='__main__')"
+)
+
+
 async def run(port: int, *args: str, stop_after: float | None = None) -> tuple[int, str, str]:
     """`ivr-engine stats ARGS` against the broker on `port`; Ctrl-C after `stop_after` s."""
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "ivr_engine.cli", "stats", *args],
+        *[sys.executable, "-c", CTRL_C_LIVE, "stats", *args],
         cwd=REPO,
         # faulthandler: a command that hangs is made to print where (SIGABRT below)
         env={**os.environ, "IVR_ENGINE_MQTT_PORT": str(port), "PYTHONFAULTHANDLER": "1"},
