@@ -83,7 +83,12 @@ async def run(port: int, *args: str, stop_after: float | None = None) -> tuple[i
         # Never leave it running (its pipes would be reported as leaked in a later test):
         # make it dump every thread's stack, then fail with what it printed.
         proc.send_signal(signal.SIGABRT)
-        out, err = await asyncio.wait_for(communicate, 10)
+        try:
+            out, err = await asyncio.wait_for(communicate, 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            err = b"(no stack: it did not end on SIGABRT either, and was killed)"
         raise AssertionError(f"`ivr-engine stats {' '.join(args)}` did not end within 60 s "
                              f"(SIGINT after {stop_after} s): {err.decode()[-4000:]}")
     out, err = communicate.result()

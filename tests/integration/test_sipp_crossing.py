@@ -33,14 +33,6 @@ SDP = """\
       m=audio 30010 RTP/AVP 8
       a=rtpmap:8 PCMA/8000"""
 
-REPLY_TO_LAST = """\
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0"""
-
 #: Receive the other side's BYE, keeping what the reply to it needs (REPLY_TO_SAVED), so that
 #: the far end can send its own BYE and get the answer to it before it replies: from the
 #: other side's view the BYEs cross (its BYE is answered only after the far end's arrived).
