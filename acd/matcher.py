@@ -176,6 +176,22 @@ class _Req:
         self.views: dict[tuple[int, str], list[Any]] = {}
 
 
+class _Joined:
+    """Something an agent can join: one skill's level bucket or one multi-skill conjunction.
+
+    Holds what joining it means (the requirements it satisfies, the strategy kinds of its
+    slots) and its slot per channel, so that logging an agent in is a few lookups per skill.
+    """
+
+    __slots__ = ("key", "reqs", "kinds", "slots")
+
+    def __init__(self, key: tuple[Any, ...], reqs: Iterable[_Req], kinds: list[Kind]) -> None:
+        self.key = key
+        self.reqs = {req.idx: req for req in reqs}
+        self.kinds = kinds
+        self.slots: dict[str, _Slot] = {}  # by channel, filled as agents join
+
+
 class _Queue:
     __slots__ = (
         "spec",
@@ -306,12 +322,13 @@ class Matcher:
         self._reqs: dict[Requirement, _Req] = {}
         # The index (rebuilt by add_queue): see _rebuild_index.
         self._bucket_of: dict[str, list[int]] = {}
-        self._atom_reqs: dict[tuple[str, int], list[_Req]] = {}
         self._atom_kinds: dict[str, list[Kind]] = {}
-        self._multi_by_skill: dict[str, list[Conjunction]] = {}
-        self._multi_free: list[Conjunction] = []
+        # What an agent's login looks up, per skill and level: its bucket's entry, and the
+        # multi-skill conjunctions anchored on that skill whose anchor term the level meets.
+        self._atom_at: dict[str, list[_Joined | None]] = {}
+        self._multi_at: dict[str, list[list[tuple[Conjunction, _Joined]]]] = {}
+        self._multi_free: list[tuple[Conjunction, _Joined]] = []
         self._multi_reqs: dict[Conjunction, list[_Req]] = {}
-        self._multi_kinds: dict[Conjunction, list[Kind]] = {}
         self._idle_heaps: dict[tuple[Any, ...], _KHeap] = {}
         self._slots: dict[tuple[Any, ...], _Slot] = {}
         self._kind_ids: dict[Kind, int] = {}
@@ -406,16 +423,18 @@ class Matcher:
             edges = sorted(b)
             self._bucket_of[skill] = [bisect_right(edges, lv) - 1 for lv in range(MAX_LEVEL + 1)]
         self._atom_kinds = atom_kinds
-        self._multi_kinds = multi_kinds
         atom_reqs: dict[tuple[str, int], list[_Req]] = {}
         multi_reqs: dict[Conjunction, list[_Req]] = {}
+        # Only the requirements some queue uses: a replaced queue's old ones have no calls
+        # (it could not be replaced otherwise) and no agent is to be indexed under them.
+        in_force = {req.idx for queue in self._queues.values() for req in queue.reqs}
+        reqs = [req for req in self._reqs.values() if req.idx in in_force]
         for req in self._reqs.values():
             req.views = {}
+        for req in reqs:
             for conj in req.requirement.conjunctions:
                 if len(conj) == 1 and conj[0][1] >= 1:
                     skill, lo, hi = conj[0]
-                    if skill not in self._bucket_of:
-                        continue  # a requirement no queue uses any more
                     buckets = self._bucket_of[skill]
                     for bucket in range(buckets[lo], buckets[hi] + 1):
                         lst = atom_reqs.setdefault((skill, bucket), [])
@@ -425,28 +444,49 @@ class Matcher:
                     lst = multi_reqs.setdefault(conj, [])
                     if req not in lst:
                         lst.append(req)
-        self._atom_reqs = atom_reqs
         self._multi_reqs = multi_reqs
-        # Anchor each multi-skill conjunction on its least-used skill (fewest candidates to test
-        # when an agent registers).
+        # Per skill and level, what an agent holding it joins: its level bucket ...
+        self._atom_at = {}
+        for skill, buckets in self._bucket_of.items():
+            by_bucket: dict[int, _Joined] = {}
+            at: list[_Joined | None] = []
+            for bucket in buckets:
+                if bucket < 0:
+                    at.append(None)
+                    continue
+                joined = by_bucket.get(bucket)
+                if joined is None:
+                    joined = by_bucket[bucket] = _Joined(
+                        (skill, bucket), atom_reqs.get((skill, bucket), ()), atom_kinds[skill]
+                    )
+                at.append(joined)
+            self._atom_at[skill] = at
+        # ... and the multi-skill conjunctions anchored on it (each on its least-used skill:
+        # fewest candidates to test when an agent logs in) whose anchor term the level meets;
+        # the other terms are tested at login.
         use: dict[str, int] = {}
-        for req in self._reqs.values():
+        for req in reqs:
             for conj in req.requirement.conjunctions:
                 for skill, _lo, _hi in conj:
                     use[skill] = use.get(skill, 0) + 1
-        self._multi_by_skill = {}
+        self._multi_at = {}
         self._multi_free = []
         self._conj_id = {}
         self._multi_kinds_by_id = {}
         for conj in multi_reqs:
-            self._conj_id[conj] = len(self._conj_id)
-            self._multi_kinds_by_id[self._conj_id[conj]] = multi_kinds.get(conj, [])
+            cid = self._conj_id[conj] = len(self._conj_id)
+            kinds = self._multi_kinds_by_id[cid] = multi_kinds.get(conj, [])
+            joined = _Joined((cid,), multi_reqs[conj], kinds)
             positive = [s for s, lo, _hi in conj if lo >= 1]
             if not positive:
-                self._multi_free.append(conj)
-            else:
-                rarest = min(positive, key=lambda sk: (use[sk], sk))
-                self._multi_by_skill.setdefault(rarest, []).append(conj)
+                self._multi_free.append((conj, joined))
+                continue
+            rarest = min(positive, key=lambda sk: (use[sk], sk))
+            term = next(t for t in conj if t[0] == rarest)
+            rest = tuple(t for t in conj if t is not term)
+            levels = self._multi_at.setdefault(rarest, [[] for _ in range(MAX_LEVEL + 1)])
+            for level in range(term[1], min(term[2], MAX_LEVEL) + 1):
+                levels[level].append((rest, joined))
         self._idle_heaps = {}
         self._slots = {}
 
@@ -494,43 +534,64 @@ class Matcher:
         return members
 
     def _index_agent(self, ag: _Agent) -> None:
-        """Find the requirements the agent satisfies and the idle slots it belongs to."""
+        """Find the requirements the agent satisfies and the idle slots it belongs to.
+
+        A few lookups per skill (see `_rebuild_index`): logging in a roster of 100,000
+        agents is a bulk job at the start of a shift, and every `add_queue` re-indexes them.
+        """
         skills = ag.skills
         channels = ag.channels
         found: dict[int, _Req] = {}
-        joined: list[tuple[tuple[Any, ...], list[Kind]]] = []
-        bucket_of = self._bucket_of
-        atom_reqs = self._atom_reqs
-        atom_kinds = self._atom_kinds
+        joined: list[_Joined] = []
+        atom_at = self._atom_at
         for skill, level in skills.items():
-            buckets = bucket_of.get(skill)
-            if buckets is None or buckets[level] < 0:
-                continue
-            slot_key = (skill, buckets[level])
-            for req in atom_reqs.get(slot_key, ()):
-                found[req.idx] = req
-            joined.append((slot_key, atom_kinds[skill]))
-        candidates: list[Conjunction] = list(self._multi_free)
-        multi_by_skill = self._multi_by_skill
-        for skill in skills:
-            more = multi_by_skill.get(skill)
-            if more:
-                candidates.extend(more)
-        multi_reqs = self._multi_reqs
-        for conj in candidates:
+            at = atom_at.get(skill)
+            if at is not None:
+                atom = at[level]
+                if atom is not None:
+                    found.update(atom.reqs)
+                    joined.append(atom)
+        for conj, multi in self._multi_free:
             for s, lo, hi in conj:
                 level = skills.get(s, 0)
                 if level < lo or level > hi:
                     break
             else:
-                for req in multi_reqs[conj]:
-                    found[req.idx] = req
-                joined.append(((self._conj_id[conj],), self._multi_kinds[conj]))
-        ag.reqs = [found[i] for i in sorted(found)]
+                found.update(multi.reqs)
+                joined.append(multi)
+        multi_at = self._multi_at
+        for skill, level in skills.items():
+            anchored = multi_at.get(skill)
+            if anchored is None:
+                continue
+            for rest, multi in anchored[level]:
+                for s, lo, hi in rest:
+                    lv = skills.get(s, 0)
+                    if lv < lo or lv > hi:
+                        break
+                else:
+                    found.update(multi.reqs)
+                    joined.append(multi)
+        ag.reqs = reqs = [found[i] for i in sorted(found)]
         slot = self._slot
         call_heap = self._call_heap
-        ag.slots = {c: [slot(key, kinds, c) for key, kinds in joined] for c in channels}
-        ag.call_heaps = {c: [call_heap(req, c) for req in ag.reqs] for c in channels}
+        ag.slots = {}
+        ag.call_heaps = {}
+        for c in channels:
+            slots = []
+            for j in joined:
+                sl = j.slots.get(c)
+                if sl is None:
+                    sl = j.slots[c] = slot(j.key, j.kinds, c)
+                slots.append(sl)
+            ag.slots[c] = slots
+            heaps = []
+            for req in reqs:
+                heap = req.calls.get(c)
+                if heap is None:
+                    heap = call_heap(req, c)
+                heaps.append(heap)
+            ag.call_heaps[c] = heaps
         ag.all_slots = tuple(s for c in channels for s in ag.slots[c])
         ag.all_heaps = tuple(h for c in channels for h in ag.call_heaps[c])
 

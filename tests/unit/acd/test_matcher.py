@@ -266,3 +266,19 @@ def test_queue_added_after_agents_logged_in() -> None:
     m.login(agent("a", loans=5), 0.0)
     m.add_queue(QueueSpec.build("loans", "loans >= 3"))
     assert offers(m.call_arrived(CallSpec("c1", "loans"), 1.0)) == [("c1", "a")]
+
+
+def test_queue_replaced_while_agents_are_logged_in() -> None:
+    """A replaced queue's old requirement indexes nobody any more. It used to, and when it
+    named several skills the replacement (and every later login) failed with a KeyError."""
+    m, _ = make(QueueSpec.build("q", "cards >= 2 and loans >= 3"))
+    m.login(agent("a", cards=5, loans=5), 0.0)
+    m.add_queue(QueueSpec.build("q", "cards >= 4"))
+    m.login(agent("b", cards=5, loans=5), 1.0)
+    m.login(agent("c", cards=3, loans=9), 2.0)
+    assert m.eligible_requirements("a") == ["cards >= 4"]
+    assert m.eligible_requirements("c") == []
+    assert offers(m.call_arrived(CallSpec("c1", "q"), 3.0)) == [("c1", "a")]
+    assert offers(m.call_arrived(CallSpec("c2", "q"), 3.0)) == [("c2", "b")]
+    assert m.call_arrived(CallSpec("c3", "q"), 3.0) == []
+    m.check_invariants()
