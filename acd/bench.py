@@ -140,11 +140,14 @@ def build_agents(n: int, rng: np.random.Generator) -> list[AgentSpec]:
     counts = rng.integers(3, 9, size=n)
     levels = rng.integers(1, 11, size=(n, 8))
     chat = rng.random(n) < 0.25
+    names = [f"s{s}" for s in range(N_SKILLS)]
+    # Python lists, not numpy scalars, in the loop: the 100,000-agent roster in a fraction
+    # of the time (the same values).
+    rows = zip(counts.tolist(), order[:, :8].tolist(), levels.tolist(), chat.tolist(), strict=True)
     agents = []
-    for i in range(n):
-        k = int(counts[i])
-        skills = {f"s{int(s)}": int(lv) for s, lv in zip(order[i, :k], levels[i, :k], strict=True)}
-        capacity = {"voice": 1, "chat": 3} if chat[i] else {"voice": 1}
+    for i, (k, skill_row, level_row, takes_chat) in enumerate(rows):
+        skills = {names[s]: lv for s, lv in zip(skill_row[:k], level_row[:k], strict=True)}
+        capacity = {"voice": 1, "chat": 3} if takes_chat else {"voice": 1}
         agents.append(AgentSpec(f"a{i}", skills, capacity))
     return agents
 

@@ -165,10 +165,11 @@ class _KHeap(_Heap):
 class _Req:
     """A distinct requirement: its waiting calls, and where its idle agents are to be found."""
 
-    __slots__ = ("requirement", "idx", "calls", "views")
+    __slots__ = ("requirement", "text", "idx", "calls", "views")
 
     def __init__(self, requirement: Requirement, idx: int):
         self.requirement = requirement
+        self.text = requirement.text  # rendered once: statistics ask per agent
         self.idx = idx
         self.calls: dict[str, _Heap] = {}
         # (strategy kind, channel) -> the slots (longest-idle) or strategy heaps (other kinds)
@@ -1236,7 +1237,7 @@ class Matcher:
         return [c.id for c in calls]
 
     def eligible_requirements(self, agent_id: str) -> list[str]:
-        return [r.requirement.text for r in self._agent(agent_id).reqs]
+        return [r.text for r in self._agent(agent_id).reqs]
 
     @staticmethod
     def _load(ag: _Agent, channel: str) -> int:
