@@ -552,27 +552,22 @@ class Matcher:
                 if atom is not None:
                     found.update(atom.reqs)
                     joined.append(atom)
-        for conj, multi in self._multi_free:
-            for s, lo, hi in conj:
-                level = skills.get(s, 0)
-                if level < lo or level > hi:
+        # Multi-skill conjunctions: those with no positive term, then those whose anchor term
+        # the agent meets; the terms left to test come with each.
+        candidates = list(self._multi_free)
+        multi_at = self._multi_at
+        for skill, level in skills.items():
+            anchored = multi_at.get(skill)
+            if anchored is not None:
+                candidates += anchored[level]
+        for terms, multi in candidates:
+            for s, lo, hi in terms:
+                lv = skills.get(s, 0)
+                if lv < lo or lv > hi:
                     break
             else:
                 found.update(multi.reqs)
                 joined.append(multi)
-        multi_at = self._multi_at
-        for skill, level in skills.items():
-            anchored = multi_at.get(skill)
-            if anchored is None:
-                continue
-            for rest, multi in anchored[level]:
-                for s, lo, hi in rest:
-                    lv = skills.get(s, 0)
-                    if lv < lo or lv > hi:
-                        break
-                else:
-                    found.update(multi.reqs)
-                    joined.append(multi)
         ag.reqs = reqs = [found[i] for i in sorted(found)]
         slot = self._slot
         call_heap = self._call_heap
