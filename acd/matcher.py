@@ -320,7 +320,8 @@ class Matcher:
         self.scheduler: Scheduler = scheduler or _NullScheduler()
         self.max_misses = max_misses
         self._queues: dict[str, _Queue] = {}
-        self._reqs: dict[Requirement, _Req] = {}
+        self._reqs: dict[Requirement, _Req] = {}  # the requirements some queue uses
+        self._req_seq = 0
         # The index (rebuilt by add_queue): see _rebuild_index.
         self._bucket_of: dict[str, list[int]] = {}
         self._atom_kinds: dict[str, list[Kind]] = {}
@@ -377,7 +378,8 @@ class Matcher:
         for requirement in spec.cumulative():
             req = self._reqs.get(requirement)
             if req is None:
-                req = _Req(requirement, len(self._reqs))
+                req = _Req(requirement, self._req_seq)
+                self._req_seq += 1
                 self._reqs[requirement] = req
             reqs.append(req)
         kind_id = self._kind_ids.setdefault(kind, len(self._kind_ids))
@@ -426,13 +428,17 @@ class Matcher:
         self._atom_kinds = atom_kinds
         atom_reqs: dict[tuple[str, int], list[_Req]] = {}
         multi_reqs: dict[Conjunction, list[_Req]] = {}
-        # Only the requirements some queue uses: a replaced queue's old ones have no calls
-        # (it could not be replaced otherwise) and no agent is to be indexed under them.
+        # Only the requirements some queue uses: a replaced queue's old ones go, with their
+        # call heaps. They hold no calls (the queue could not be replaced otherwise), and
+        # every agent is indexed again after this.
         in_force = {req.idx for queue in self._queues.values() for req in queue.reqs}
-        reqs = [req for req in self._reqs.values() if req.idx in in_force]
-        for req in self._reqs.values():
-            req.views = {}
+        self._reqs = {r.requirement: r for r in self._reqs.values() if r.idx in in_force}
+        self._call_heaps = [heap for req in self._reqs.values() for heap in req.calls.values()]
+        for number, heap in enumerate(self._call_heaps):
+            heap.number = number
+        reqs = list(self._reqs.values())
         for req in reqs:
+            req.views = {}
             for conj in req.requirement.conjunctions:
                 if len(conj) == 1 and conj[0][1] >= 1:
                     skill, lo, hi = conj[0]
@@ -1271,6 +1277,12 @@ class Matcher:
                 raise InvariantViolation(f"call heap {heap.number}: live count wrong")
             if n and self._live.get(heap[0][2]) is not heap[0]:
                 raise InvariantViolation(f"call heap {heap.number}: stale head")
+        in_force = {id(req) for queue in self._queues.values() for req in queue.reqs}
+        if set(map(id, self._reqs.values())) != in_force:
+            raise InvariantViolation("a requirement no queue uses is kept")
+        heaps = [heap for req in self._reqs.values() for heap in req.calls.values()]
+        if sorted(map(id, heaps)) != sorted(map(id, self._call_heaps)):
+            raise InvariantViolation("the call heaps are not those of the requirements in force")
         if self._nonempty != sum(1 for heap in self._call_heaps if heap.live):
             raise InvariantViolation(f"non-empty call heaps: {self._nonempty} is wrong")
         if len(self._live) != sum(live_per_heap.values()):

@@ -269,8 +269,9 @@ def test_queue_added_after_agents_logged_in() -> None:
 
 
 def test_queue_replaced_while_agents_are_logged_in() -> None:
-    """A replaced queue's old requirement indexes nobody any more. It used to, and when it
-    named several skills the replacement (and every later login) failed with a KeyError."""
+    """A replaced queue's old requirement indexes nobody and is dropped with its call heaps
+    (check_invariants fails if one is kept). It used to stay, and when it named several skills
+    the replacement (and every later login) failed with a KeyError."""
     m, _ = make(QueueSpec.build("q", "cards >= 2 and loans >= 3"))
     m.login(agent("a", cards=5, loans=5), 0.0)
     m.add_queue(QueueSpec.build("q", "cards >= 4"))
