@@ -527,6 +527,29 @@ def _us(ns: float) -> float:
     return round(ns / 1e3, 2)
 
 
+def host_loop_ns(rounds: int = 5, n: int = 100_000) -> float:
+    """How fast this host runs plain CPython work, in the same run as the figures it explains:
+    ns per iteration of a fixed loop (a dict lookup, a tuple compare, a heap push and pop on a
+    64-entry heap, the matcher's staple operations), the best of `rounds`. The bench's absolute
+    figures move with the host (the same code measured 2.6 times slower on one machine of this
+    kind than on another, a day apart); this is how two runs' hosts compare."""
+    heap = [((i * 37) % 64, i) for i in range(64)]
+    heapq.heapify(heap)
+    table = {i: (i % 64, i) for i in range(1024)}
+    push, pop = heapq.heappush, heapq.heappop
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for i in range(n):
+            item = table[i & 1023]
+            if item < heap[0]:
+                item = heap[0]
+            push(heap, item)
+            pop(heap)
+        best = min(best, time.perf_counter_ns() - t0)
+    return round(best / n, 1)
+
+
 def generate(n_agents: int, steady: int, seed: int) -> Trace:
     """Record one size's trace (the driver plays the centre against a heap matcher)."""
     driver = _Driver(n_agents, seed)
@@ -647,6 +670,7 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     started = time.perf_counter()
+    host_before = host_loop_ns()
     steady = 20_000 if quick else 100_000
     ref_events = {1_000: 2_000, 10_000: 100, 100_000: 5}
     if quick:
@@ -699,6 +723,7 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
             "speedup_10k >= 50": (r10["reference"]["speedup"] or 0) >= 50,
             "growth_1k_to_100k <= 2": growth <= 2,
         },
+        "host_loop_ns": [host_before, host_loop_ns()],
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     return {
@@ -731,6 +756,9 @@ METHOD = {
     "time per event on exactly those events",
     "identical": "every heap replay decides as the recording did, and the reference decides "
     "as the heap matcher on its prefix",
+    "host_loop_ns": "the host's speed before and after the run: ns per iteration of a fixed "
+    "pure-Python loop (dict lookup, tuple compare, heap push and pop); the absolute figures "
+    "of runs on different hosts compare only through it",
 }
 
 
