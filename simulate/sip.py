@@ -441,8 +441,27 @@ def _destroy(obj: object) -> None:
     obj.thisown = False  # type: ignore[attr-defined]
 
 
+def idle(seconds: float) -> None:
+    """Let `seconds` pass without the process's phones going deaf.
+
+    Its pjsua2 accounts act only inside `SipStack.pump()`, so a script that waits on something
+    else (a subprocess, a poll of the daemon) would leave Asterisk's OPTIONS qualify unanswered:
+    past `qualify_timeout` (3 s in asterisk-conf/pjsip.conf) the phone is unreachable, and the
+    ACD logs its agent out. This pumps the open stack meanwhile, or sleeps when there is none
+    (or when called from another thread or from inside a pump).
+    """
+    stack = SipStack.live
+    if stack is not None and stack.can_pump():
+        stack.pump(seconds)
+    else:
+        time.sleep(seconds)
+
+
 class SipStack:
     """The process-wide pjsua2 endpoint: one per process, used from one thread."""
+
+    #: The open stack, if any (pjsua2 allows one per process): `idle()` keeps it answering.
+    live: SipStack | None = None
 
     def __init__(self, *, port: int = 0, log_level: int = 0):
         self.ep = pj.Endpoint()
@@ -478,6 +497,9 @@ class SipStack:
         self.accounts: list[pj.Account] = []
         self._timers: list[tuple[float, Callable[[], None]]] = []
         self._closed = False
+        self._thread = threading.get_ident()
+        self._pumping = False
+        SipStack.live = self
 
     @property
     def local_port(self) -> int:
@@ -499,16 +521,24 @@ class SipStack:
     def pump(self, seconds: float = 0.0) -> None:
         """Run pjsua2's event loop (and our timers) for `seconds`."""
         deadline = time.monotonic() + seconds
-        while True:
-            self.ep.libHandleEvents(10)
-            now = time.monotonic()
-            due = [t for t in self._timers if t[0] <= now]
-            if due:
-                self._timers = [t for t in self._timers if t[0] > now]
-                for _, fn in due:
-                    fn()
-            if now >= deadline:
-                return
+        self._pumping = True
+        try:
+            while True:
+                self.ep.libHandleEvents(10)
+                now = time.monotonic()
+                due = [t for t in self._timers if t[0] <= now]
+                if due:
+                    self._timers = [t for t in self._timers if t[0] > now]
+                    for _, fn in due:
+                        fn()
+                if now >= deadline:
+                    return
+        finally:
+            self._pumping = False
+
+    def can_pump(self) -> bool:
+        """From the stack's own thread, when not already inside `pump()` (a timer's callback)."""
+        return not self._closed and not self._pumping and threading.get_ident() == self._thread
 
     def wait_for(
         self, predicate: Callable[[], bool], timeout: float, what: str, *, step: float = 0.02
@@ -523,6 +553,8 @@ class SipStack:
         if self._closed:
             return
         self._closed = True
+        if SipStack.live is self:
+            SipStack.live = None
         try:
             self._teardown()
         finally:

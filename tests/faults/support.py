@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 
 from simulate.script import parse, run
 from simulate.sip import SimTimeout, SipStack
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, idle
 
 
 @contextlib.contextmanager
@@ -120,7 +120,7 @@ class MqttCapture:
         while not predicate():
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-            time.sleep(0.1)
+            idle(0.1)
 
 
 # ----------------------------------------------------------------------------- the ACD
@@ -158,4 +158,4 @@ def wait_agent_states(
             return states
         if time.monotonic() > deadline:
             raise AssertionError(f"agents never reached {want}: {states}\n{daemon.logs()[-3000:]}")
-        time.sleep(0.3)
+        idle(0.3)

@@ -19,17 +19,46 @@ _DIE_WITH_PARENT: tuple[str, ...] = (
 )
 
 
+def idle(seconds: float) -> None:
+    """Sleep; if the test has SIP phones open, keep them answering meanwhile.
+
+    A pjsua2 phone acts only while its stack is pumped, and a command of ours takes 1-3.5 s to
+    start on these machines: two in a row once left a test's agent phones unpumped past
+    Asterisk's 3 s qualify timeout, the PBX marked them unreachable and the ACD logged both
+    agents out under the test (`simulate.sip.idle`). simulate.sip is looked up, not imported:
+    tests without phones do not load pjsua2 for this.
+    """
+    sip = sys.modules.get("simulate.sip")
+    if sip is None:
+        time.sleep(seconds)
+    else:
+        sip.idle(seconds)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `ivr-engine ARGS` from the repo; raises with its output when it fails."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "ivr_engine.cli", *args],
+    """Run `ivr-engine ARGS` from the repo; raises with its output when it fails. Any SIP
+    phones the test has open keep answering while it runs (`idle`)."""
+    argv = [sys.executable, "-m", "ivr_engine.cli", *args]
+    with subprocess.Popen(
+        argv,
         cwd=REPO,
         env=env or dict(os.environ),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
-        check=False,
-    )
+    ) as child:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                stdout, stderr = child.communicate(timeout=0.05)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    child.kill()
+                    child.communicate()
+                    raise
+                idle(0.05)
+    proc = subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"ivr-engine {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -75,7 +104,7 @@ class Daemon:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.output()}")
             if "serving FastAGI" in self.output():
                 return
-            time.sleep(0.1)
+            idle(0.1)
         raise RuntimeError(f"daemon did not start in {timeout}s:\n{self.output()}")
 
     def output(self) -> str:

@@ -55,3 +55,21 @@ def test_find_speech_finds_two_prompts_and_the_dead_air_between(speech_wav):
     assert first[0] == pytest.approx(1.0, abs=0.25)
     assert speech.longest_gap() == pytest.approx(2.0, abs=0.5)
     assert speech.longest_gap(until=second[1] + 4.0) == pytest.approx(4.0, abs=0.05)
+
+
+@pytest.mark.sip
+def test_phones_keep_answering_while_a_test_runs_a_command():
+    # pjsua2 acts only when pumped. A test waiting on `ivr-engine ...` once left its agent
+    # phones deaf past Asterisk's 3 s qualify timeout, and the ACD logged them out under it.
+    from tests.support.daemon import run_cli
+
+    with SipStack() as stack:
+        stack.agent("1001", "x", registrar=None, auto_answer_after=0.1)
+        caller = stack.caller("13800138000")
+        call = caller.call(f"sip:1001@127.0.0.1:{stack.local_port}")
+        assert not call.is_connected
+        run_cli("--help")  # about 2 s on these machines; no pump() of the test's own
+        assert call.is_connected  # the INVITE, the 200 and the ACK all went meanwhile
+        call.end()
+        call.wait_ended(3)
+    assert SipStack.live is None
