@@ -441,26 +441,11 @@ def _destroy(obj: object) -> None:
     obj.thisown = False  # type: ignore[attr-defined]
 
 
-def idle(seconds: float) -> None:
-    """Let `seconds` pass without the process's phones going deaf.
-
-    Its pjsua2 accounts act only inside `SipStack.pump()`, so a script that waits on something
-    else (a subprocess, a poll of the daemon) would leave Asterisk's OPTIONS qualify unanswered:
-    past `qualify_timeout` (3 s in asterisk-conf/pjsip.conf) the phone is unreachable, and the
-    ACD logs its agent out. This pumps the open stack meanwhile, or sleeps when there is none
-    (or when called from another thread or from inside a pump).
-    """
-    stack = SipStack.live
-    if stack is not None and stack.can_pump():
-        stack.pump(seconds)
-    else:
-        time.sleep(seconds)
-
-
 class SipStack:
     """The process-wide pjsua2 endpoint: one per process, used from one thread."""
 
-    #: The open stack, if any (pjsua2 allows one per process): `idle()` keeps it answering.
+    #: The open stack, if any (pjsua2 allows one per process): a script waiting on something
+    #: else (a subprocess, a poll) can keep its phones answering by pumping it meanwhile.
     live: SipStack | None = None
 
     def __init__(self, *, port: int = 0, log_level: int = 0):

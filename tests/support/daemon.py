@@ -9,6 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from simulate.sip import SipStack
 
 REPO = Path(__file__).resolve().parents[2]
 #: The daemon gets SIGTERM when the test process dies (a pytest killed by a timeout would
@@ -19,20 +23,27 @@ _DIE_WITH_PARENT: tuple[str, ...] = (
 )
 
 
+def _pumpable() -> SipStack | None:
+    """The test's open SIP stack, if this thread may pump it now (else None). simulate.sip is
+    looked up, not imported: tests without phones do not load pjsua2 for this."""
+    sip = sys.modules.get("simulate.sip")
+    stack: SipStack | None = sip.SipStack.live if sip is not None else None
+    return stack if stack is not None and stack.can_pump() else None
+
+
 def idle(seconds: float) -> None:
     """Sleep; if the test has SIP phones open, keep them answering meanwhile.
 
     A pjsua2 phone acts only while its stack is pumped, and a command of ours takes 1-3.5 s to
     start on these machines: two in a row once left a test's agent phones unpumped past
-    Asterisk's 3 s qualify timeout, the PBX marked them unreachable and the ACD logged both
-    agents out under the test (`simulate.sip.idle`). simulate.sip is looked up, not imported:
-    tests without phones do not load pjsua2 for this.
+    Asterisk's qualify timeout (3 s, asterisk-conf/pjsip.conf), the PBX marked them unreachable
+    and the ACD logged both agents out under the test.
     """
-    sip = sys.modules.get("simulate.sip")
-    if sip is None:
+    stack = _pumpable()
+    if stack is None:
         time.sleep(seconds)
     else:
-        sip.idle(seconds)
+        stack.pump(seconds)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -49,15 +60,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     ) as child:
         deadline = time.monotonic() + 600
         while True:
+            stack = _pumpable()
             try:
-                stdout, stderr = child.communicate(timeout=0.05)
+                # No phones: one wait for the whole run, as subprocess.run would.
+                wait = 0.05 if stack is not None else max(deadline - time.monotonic(), 0.0)
+                stdout, stderr = child.communicate(timeout=wait)
                 break
             except subprocess.TimeoutExpired:
-                if time.monotonic() > deadline:
+                if stack is None or time.monotonic() > deadline:
                     child.kill()
                     child.communicate()
                     raise
-                idle(0.05)
+                stack.pump(0.05)
     proc = subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"ivr-engine {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
