@@ -139,6 +139,33 @@ class AgentKeeper(Protocol):
     def keep(self, kept: Mapping[str, KeptAgent]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class KeptCallback:
+    """A callback promised to a caller (the callback key, then the caller hung up) that the
+    PBX has not started yet: what a restarted daemon needs to put it back in its queue.
+    `requested` and `not_before` are the wall clock (epoch seconds); `not_before` is when a
+    retry after a failed attempt is due (0: at once). `priority` is the ACD's (as in
+    `RoutedCall`), `caller` the number to dial."""
+
+    call_id: str
+    queue: str
+    requirement: str
+    priority: int
+    language: str
+    caller: str
+    screen_pop: Mapping[str, str]
+    requested: float
+    attempts: int = 0
+    not_before: float = 0.0
+
+
+class CallbackKeeper(Protocol):
+    """Where the promised callbacks go (`ivr_engine.callback_keep.CallbackFile`): called with
+    all of them after every change. Like `AgentKeeper`, it logs storage failures itself."""
+
+    def keep_callbacks(self, kept: Mapping[str, KeptCallback]) -> None: ...
+
+
 class LoopScheduler:
     """The matcher's Scheduler on `loop.call_later`; `at` is on the loop's clock."""
 
@@ -312,6 +339,10 @@ class Router:
         self._kept_pending: set[str] = set()  # kept before the restart, not applied yet
         self._out_by_hand: set[str] = set()  # logged out by a verb, not by their phone
         self._restored: list[int] | None = None  # [pauses, logouts] until reported
+        #: Callbacks promised and not yet started go here on every change (None: in memory
+        #: only); `restore_callbacks` puts those of the daemon before this one back.
+        self.callback_keeper: CallbackKeeper | None = None
+        self._promised: dict[str, KeptCallback] = {}
 
     # ------------------------------------------------------------------ queue events
 
@@ -625,6 +656,7 @@ class Router:
             and self.callback_placer is not None
         ):
             call.callback = True
+            self._promise(call)
             self._emit("CALLBACK", call_id, call.queue, waittime=self._since(call.queued_at))
             self.publisher.publish(
                 f"acd/call/{call_id}/callback",
@@ -656,6 +688,10 @@ class Router:
         self._clear_guard(call)
         call.state = "connected"
         call.connected_at = self.now()
+        if call.callback:
+            # The agent's leg is up: [acd-callback] dials the customer now, with or without
+            # this daemon; a failure reported back (callback_result) promises a retry again.
+            self._drop_promise(call_id)
         call.recording = recording
         extra = {"recording": recording} if recording else {}
         self._emit(
@@ -744,6 +780,10 @@ class Router:
             return
         call.callback_attempts += 1
         retry = call.callback_attempts <= self.callback_retries
+        if retry:
+            self._promise(call, not_before=time.time() + self.callback_retry_after)
+        else:
+            self._drop_promise(call_id)
         self._emit(
             "CALLBACKFAILED",
             call_id,
@@ -765,19 +805,26 @@ class Router:
             },
         )
         self._end(call, started, "COMPLETEAGENT")
-        if retry and self._loop is not None:
-            handle: asyncio.TimerHandle | None = None
+        if retry:
+            self._retry_later(call, self.callback_retry_after)
 
-            def again() -> None:
-                if handle is not None:
-                    self._retries.discard(handle)
-                self._retry_callback(call)
+    def _retry_later(self, call: RoutedCall, delay: float) -> None:
+        if self._loop is None:
+            return
+        handle: asyncio.TimerHandle | None = None
 
-            handle = self._loop.call_later(self.callback_retry_after, again)
-            self._retries.add(handle)
+        def again() -> None:
+            if handle is not None:
+                self._retries.discard(handle)
+            self._retry_callback(call)
+
+        handle = self._loop.call_later(delay, again)
+        self._retries.add(handle)
 
     def _retry_callback(self, call: RoutedCall) -> None:
         if call.call_id in self.calls:
+            return
+        if call.call_id not in self._promised:  # taken back while it waited for its retry
             return
         started = time.perf_counter()
         call.state = "waiting"
@@ -1158,6 +1205,84 @@ class Router:
         except Exception:  # the keeper's bug must never stop routing
             log.exception("agent states not kept for a restart")
 
+    # ------------------------------------------------------------------ promised callbacks
+
+    def promised(self) -> dict[str, KeptCallback]:
+        """The callbacks a restart would put back now: asked for, not yet started by the PBX
+        (or due again after a failed attempt)."""
+        return dict(self._promised)
+
+    def _promise(self, call: RoutedCall, *, not_before: float = 0.0) -> None:
+        old = self._promised.get(call.call_id)
+        self._promised[call.call_id] = KeptCallback(
+            call.call_id,
+            call.queue,
+            call.requirement,
+            call.priority,
+            call.language,
+            call.caller,
+            dict(call.screen_pop),
+            old.requested if old is not None else time.time(),
+            call.callback_attempts,
+            not_before,
+        )
+        self._write_promised()
+
+    def _drop_promise(self, call_id: str) -> None:
+        if self._promised.pop(call_id, None) is not None:
+            self._write_promised()
+
+    def _write_promised(self) -> None:
+        if self.callback_keeper is None:
+            return
+        try:
+            self.callback_keeper.keep_callbacks(self._promised)
+        except Exception:  # the keeper's bug must never stop routing
+            log.exception("promised callbacks not kept for a restart")
+
+    def restore_callbacks(self, kept: Mapping[str, KeptCallback]) -> list[str]:
+        """At start: the callbacks the daemon before this one had promised. Each enters its
+        queue again as a new arrival, in the order they were asked for (a retry not due yet
+        waits for its time), and is called back as any other. One the ACD refuses now (its
+        requirement no longer parses) is logged as an ERROR and stays kept, so that it is
+        not lost with the next write. Returns the ids that could not be put back."""
+        refused: list[str] = []
+        wall = time.time()
+        for call_id, k in sorted(kept.items(), key=lambda item: (item[1].requested, item[0])):
+            self._promised[call_id] = k
+            known = self.calls.get(call_id)
+            if known is not None and known.state != "gone":
+                continue
+            call = RoutedCall(
+                call_id,
+                k.queue,
+                k.requirement,
+                k.priority,
+                k.language,
+                dict(k.screen_pop),
+                registered_at=self.now(),
+                caller=k.caller,
+                callback=True,
+                callback_attempts=k.attempts,
+            )
+            if k.not_before > wall:
+                self._retry_later(call, k.not_before - wall)
+                continue
+            try:
+                self._retry_callback(call)
+            except AcdError as exc:
+                self.calls.pop(call_id, None)
+                refused.append(call_id)
+                log.error(
+                    "callback %s (queue %s) promised before the restart cannot be queued: %s; "
+                    "it stays kept, call the customer by hand",
+                    call_id,
+                    k.queue,
+                    exc,
+                )
+        self._write_promised()
+        return refused
+
     def _publish_agent(self, agent_id: str) -> None:
         state = self._state(agent_id) or AgentState.LOGGED_OUT
         self._agent_event(agent_id, state)
@@ -1338,6 +1463,8 @@ class Router:
         if target in self.roster.queues and target not in (call.queue, "*"):
             call.queue = target
             call.matcher_queue = self._matcher_queue(target, call.requirement)
+            if call.callback and call.call_id in self._promised:
+                self._promise(call)  # owed in the queue it is in now
             spec = CallSpec(call.call_id, call.matcher_queue, VOICE, call.priority)
             self._apply(self.m.call_arrived(spec, self.now()), started)
             return
@@ -1349,6 +1476,7 @@ class Router:
                 self.task_sink.dropped(call, f"overflow:{reason}")
             return
         if not call.channel:  # a callback nobody could take: recorded, the customer not rung
+            self._drop_promise(call.call_id)
             self._emit(
                 "CALLBACKFAILED",
                 call.call_id,

@@ -33,13 +33,13 @@ import contextlib
 import json
 import logging
 import math
-import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acd.router import KeptAgent
 from ivr_engine.queue_log import store_path
+from ivr_engine.state_file import set_aside, write_whole
 
 if TYPE_CHECKING:
     from ivr_engine.acd_gateway import AcdService
@@ -128,33 +128,18 @@ class AgentStateFile:
             return {}
 
     def _unreadable(self, why: str) -> None:
-        aside = self.path.with_name(f"{self.path.name}.unreadable")
-        try:
-            os.replace(self.path, aside)
-        except OSError:
-            aside_note = "left in place"
-        else:
-            aside_note = f"set aside as {aside}"
         log.error(
             "ACD: agent state file %s cannot be read (%s; %s): pauses and logouts from before "
             "the restart are NOT restored, agents come up from their phones",
             self.path,
             why,
-            aside_note,
+            set_aside(self.path),
         )
 
     def keep(self, kept: Mapping[str, KeptAgent]) -> None:
         """Replace the file with `kept`. Never raises for storage reasons: logs an ERROR."""
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            # A file object writes the whole text or raises (a bare os.write may write part of
-            # it on a full disk and return, and the rename would then keep a truncated file).
-            with open(tmp, "wb") as f:
-                f.write(encode(kept))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            self._sync_dir()
+            write_whole(self.path, encode(kept))
         except OSError as exc:
             self.write_failures += 1
             self._failing = True
@@ -165,21 +150,11 @@ class AgentStateFile:
                 exc,
                 len(kept),
             )
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             return
         self.writes += 1
         if self._failing:
             self._failing = False
             log.warning("ACD: agent state file %s written again", self.path)
-
-    def _sync_dir(self) -> None:
-        """The rename itself is on disk only once the directory is (POSIX)."""
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.asynccontextmanager

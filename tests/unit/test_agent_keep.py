@@ -17,7 +17,7 @@ import pytest
 from acd.agent_state import AgentState
 from acd.roster import Roster
 from acd.router import KeptAgent, Router
-from ivr_engine import agent_keep
+from ivr_engine import state_file
 from ivr_engine.acd_gateway import AcdService
 from ivr_engine.agent_keep import AgentStateFile, agent_keep_extension, state_path
 from ivr_engine.pbx_commands import AcdAmiBridge
@@ -279,7 +279,7 @@ async def test_a_write_failure_is_logged_and_routing_goes_on(
     keeper = AgentStateFile(tmp_path / "ivr.agents.json")
     router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
     router.keeper = keeper
-    real_fsync = agent_keep.os.fsync
+    real_fsync = state_file.os.fsync
 
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -287,7 +287,7 @@ async def test_a_write_failure_is_logged_and_routing_goes_on(
     async with router:
         router.restore_kept({})
         router.login("1001")
-        monkeypatch.setattr(agent_keep.os, "fsync", disk_full)
+        monkeypatch.setattr(state_file.os, "fsync", disk_full)
         router.pause("1001", "break")  # does not raise
         assert states(router)["1001"] == ("paused", "break")
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -295,7 +295,7 @@ async def test_a_write_failure_is_logged_and_routing_goes_on(
         assert "No space left on device" in errors[0]
         assert keeper.write_failures == 1 and not keeper.path.exists()
         assert files(tmp_path) == []  # no temporary file left behind
-        monkeypatch.setattr(agent_keep.os, "fsync", real_fsync)
+        monkeypatch.setattr(state_file.os, "fsync", real_fsync)
         caplog.clear()
         router.pause("1001", "lunch")  # the next change writes it all
         assert "written again" in caplog.text

@@ -1,0 +1,210 @@
+"""Callbacks promised to callers, kept where a restarted daemon finds them.
+
+A caller who presses the callback key is told the bank will call back, and hangs up: from then
+on the promise lives only in the router. The router hands every promised callback to
+`CallbackFile.keep_callbacks` whenever the set changes: asked for (`key_pressed`), moved to
+another queue by an overflow, started (the agent answered the callback's ring: the PBX dials
+the customer from there), failed and due again (`callback_result`, with the time of the
+retry), given up. At start the file is read and handed to `Router.restore_callbacks`, so
+that a daemon killed (or stopped) with callbacks owed puts them back in their queues.
+
+Where: beside the daemon's store, named after it: `var/ivr-engine.sqlite3` ->
+`var/ivr-engine.callbacks.json`, mode 0600, since it holds the numbers to call (nothing is
+masked there: the number is what the callback dials).
+
+    {"version": 1,
+     "callbacks": {"1717000000.42": {"queue": "general", "requirement": "mandarin",
+                   "priority": 5, "language": "cmn", "caller": "13800138000",
+                   "screen_pop": {...}, "requested": 1717000012.3, "attempts": 0,
+                   "not_before": 0}}}
+
+Written whole and synchronously on each change (state_file.write_whole): the promise is on
+disk before the caller hears it confirmed. Callbacks are a caller's choice, a few a minute
+even on a busy hotline. A write that fails is logged as an ERROR naming how many callbacks a
+restart would lose; routing goes on and the next change writes the whole set again. A file
+that cannot be read is one ERROR, set aside as `<name>.unreadable` (the numbers are still in
+it, for someone to call by hand), and the daemon starts without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from acd.router import KeptCallback
+from ivr_engine.queue_log import store_path
+from ivr_engine.state_file import set_aside, write_whole
+
+if TYPE_CHECKING:
+    from ivr_engine.acd_gateway import AcdService
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+_TEXT = ("queue", "requirement", "language", "caller")
+
+
+class UnreadableCallbacks(ValueError):
+    """The file is not a callback file this version writes."""
+
+
+def callbacks_path(store: Path) -> Path:
+    """The callback file of the store at `store`."""
+    return store.with_name(f"{store.stem}.callbacks.json")
+
+
+def encode(kept: Mapping[str, KeptCallback]) -> bytes:
+    callbacks: dict[str, dict[str, Any]] = {}
+    for call_id, k in sorted(kept.items()):
+        callbacks[call_id] = {
+            "queue": k.queue,
+            "requirement": k.requirement,
+            "priority": k.priority,
+            "language": k.language,
+            "caller": k.caller,
+            "screen_pop": dict(k.screen_pop),
+            "requested": round(k.requested, 3),
+            "attempts": k.attempts,
+            "not_before": round(k.not_before, 3),
+        }
+    body = {"version": VERSION, "callbacks": callbacks}
+    return (json.dumps(body, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+
+def _time(call_id: str, entry: Mapping[str, Any], key: str) -> float:
+    value = entry.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise UnreadableCallbacks(f"callback {call_id!r}: {key!r} is not a time")
+    return float(value)
+
+
+def _count(call_id: str, entry: Mapping[str, Any], key: str) -> int:
+    value = entry.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UnreadableCallbacks(f"callback {call_id!r}: {key!r} is not a whole number")
+    return value
+
+
+def decode(data: bytes) -> dict[str, KeptCallback]:
+    """Raise `UnreadableCallbacks` naming what is wrong."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8
+        raise UnreadableCallbacks(f"not JSON: {exc}") from None
+    if not isinstance(body, dict) or body.get("version") != VERSION:
+        raise UnreadableCallbacks(f"not a version {VERSION} callback object")
+    callbacks = body.get("callbacks")
+    if not isinstance(callbacks, dict):
+        raise UnreadableCallbacks("no 'callbacks' object")
+    out: dict[str, KeptCallback] = {}
+    for call_id, entry in callbacks.items():
+        if not isinstance(entry, dict):
+            raise UnreadableCallbacks(f"callback {call_id!r}: not an object")
+        text: dict[str, str] = {}
+        for key in _TEXT:
+            value = entry.get(key)
+            if not isinstance(value, str):
+                raise UnreadableCallbacks(f"callback {call_id!r}: {key!r} is not text")
+            text[key] = value
+        if not text["caller"] or not text["queue"]:
+            raise UnreadableCallbacks(f"callback {call_id!r}: no number or no queue")
+        pop = entry.get("screen_pop")
+        if not isinstance(pop, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in pop.items()
+        ):
+            raise UnreadableCallbacks(f"callback {call_id!r}: 'screen_pop' is not text by text")
+        out[call_id] = KeptCallback(
+            call_id,
+            text["queue"],
+            text["requirement"],
+            _count(call_id, entry, "priority"),
+            text["language"],
+            text["caller"],
+            pop,
+            _time(call_id, entry, "requested"),
+            _count(call_id, entry, "attempts"),
+            _time(call_id, entry, "not_before"),
+        )
+    return out
+
+
+class CallbackFile:
+    """`acd.router.CallbackKeeper` on a JSON file (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writes = 0
+        self.write_failures = 0
+        self._failing = False
+
+    def load(self) -> dict[str, KeptCallback]:
+        """What the file keeps; {} when there is none, or when it cannot be read (logged)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            self._unreadable(str(exc))
+            return {}
+        try:
+            return decode(data)
+        except UnreadableCallbacks as exc:
+            self._unreadable(str(exc))
+            return {}
+
+    def _unreadable(self, why: str) -> None:
+        log.error(
+            "ACD: callback file %s cannot be read (%s; %s): callbacks promised before the "
+            "restart are NOT queued again; the numbers are in that file, call them by hand",
+            self.path,
+            why,
+            set_aside(self.path),
+        )
+
+    def keep_callbacks(self, kept: Mapping[str, KeptCallback]) -> None:
+        """Replace the file with `kept`. Never raises for storage reasons: logs an ERROR."""
+        try:
+            write_whole(self.path, encode(kept), mode=0o600)
+        except OSError as exc:
+            self.write_failures += 1
+            self._failing = True
+            log.error(
+                "ACD: callback file %s cannot be written (%s): %d promised callback(s) would "
+                "be lost if the daemon restarted now; routing goes on",
+                self.path,
+                exc,
+                len(kept),
+            )
+            return
+        self.writes += 1
+        if self._failing:
+            self._failing = False
+            log.warning("ACD: callback file %s written again", self.path)
+
+
+@contextlib.asynccontextmanager
+async def callback_keep_extension(service: AcdService) -> AsyncIterator[CallbackFile]:
+    """The AcdService extension: queue again what the last daemon promised, keep from now."""
+    keeper = CallbackFile(callbacks_path(store_path(service)))
+    kept = await asyncio.to_thread(keeper.load)
+    router = service.router
+    router.callback_keeper = keeper
+    refused = router.restore_callbacks(kept)
+    if kept:
+        log.info(
+            "ACD: %d callback(s) promised before the restart queued again (%d refused), "
+            "kept in %s",
+            len(kept) - len(refused),
+            len(refused),
+            keeper.path,
+        )
+    try:
+        yield keeper
+    finally:
+        router.callback_keeper = None
