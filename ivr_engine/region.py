@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import phonenumbers
-from phonenumbers import PhoneNumberType, geocoder
+from phonenumbers import PhoneNumberType
 
 # Provincial-level divisions: English name -> Chinese name as the geocoder writes it.
 PROVINCES_ZH: dict[str, str] = {
@@ -239,6 +239,20 @@ def _analyse(number: str) -> tuple[str | None, Region]:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), _region(parsed)
 
 
+def warm() -> None:
+    """Load the geocoder's data now. It takes about 0.3 s, so it is loaded on first use
+    rather than by every `ivr-engine` command that imports this module; the daemon calls this
+    at start, so that no caller waits for it."""
+    from phonenumbers import geocoder  # noqa: F401
+
+
+def _describe(parsed: phonenumbers.PhoneNumber, lang: str) -> str:
+    from phonenumbers import geocoder  # loaded once (see `warm`), then a module lookup
+
+    description: str = geocoder.description_for_number(parsed, lang)
+    return description
+
+
 def _region(parsed: phonenumbers.PhoneNumber, ntype: int | None = None) -> Region:
     country = phonenumbers.region_code_for_number(parsed) or ""
     if ntype is None:
@@ -249,10 +263,10 @@ def _region(parsed: phonenumbers.PhoneNumber, ntype: int | None = None) -> Regio
     if country == "MO":
         return Region("MO", "Macau", "Macau", is_mobile, "澳门", "澳门")
     if country != "CN":
-        city = geocoder.description_for_number(parsed, "en")
+        city = _describe(parsed, "en")
         return Region(country, "", city, is_mobile)
-    en = geocoder.description_for_number(parsed, "en")
-    zh = geocoder.description_for_number(parsed, "zh")
+    en = _describe(parsed, "en")
+    zh = _describe(parsed, "zh")
     if not en or en == "China":
         # Nationwide ranges (IoT, virtual operators): the country is all the geocoder knows.
         return Region("CN", "", "", is_mobile)

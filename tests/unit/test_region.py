@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +18,8 @@ from ivr_engine.region import (
     province_for_city,
     region_of,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -97,3 +103,20 @@ def test_normalise_is_the_storage_key() -> None:
 def test_foreign_number() -> None:
     r = region_of("+14155550100")
     assert r.country == "US" and r.province == "" and not r.is_cantonese_region
+
+
+def test_the_command_line_starts_without_the_geocoder_data_and_the_daemon_loads_it() -> None:
+    """The geocoder's data takes about 0.3 s to load: every `ivr-engine` command imports
+    this module (through the CIF), so it is loaded on first use; the daemon loads it at start
+    (`region.warm`, called by app.py) so that no caller waits for it."""
+    probe = (
+        "import sys, ivr_engine.cli, ivr_engine.app; "
+        "from ivr_engine import region; "
+        "before = 'phonenumbers.geocoder' in sys.modules; "
+        "region.warm(); "
+        "print(before, 'phonenumbers.geocoder' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
