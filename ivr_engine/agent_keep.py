@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from acd.router import KeptAgent
 from ivr_engine.queue_log import store_path
-from ivr_engine.state_file import set_aside, write_whole
+from ivr_engine.state_file import StateFile
 
 if TYPE_CHECKING:
     from ivr_engine.acd_gateway import AcdService
@@ -103,58 +103,32 @@ def decode(data: bytes) -> dict[str, KeptAgent]:
     return out
 
 
-class AgentStateFile:
+class AgentStateFile(StateFile):
     """`acd.router.AgentKeeper` on a JSON file (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.writes = 0
-        self.write_failures = 0
-        self._failing = False
+        super().__init__(
+            path,
+            name="agent state file",
+            lost_on_read="pauses and logouts from before the restart are NOT restored, "
+            "agents come up from their phones",
+            entries="pause(s)/logout(s)",
+        )
 
     def load(self) -> dict[str, KeptAgent]:
         """What the file keeps; {} when there is none, or when it cannot be read (logged)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            self._unreadable(str(exc))
+        data = self.read()
+        if data is None:
             return {}
         try:
             return decode(data)
         except UnreadableState as exc:
-            self._unreadable(str(exc))
+            self.unreadable(str(exc))
             return {}
-
-    def _unreadable(self, why: str) -> None:
-        log.error(
-            "ACD: agent state file %s cannot be read (%s; %s): pauses and logouts from before "
-            "the restart are NOT restored, agents come up from their phones",
-            self.path,
-            why,
-            set_aside(self.path),
-        )
 
     def keep(self, kept: Mapping[str, KeptAgent]) -> None:
         """Replace the file with `kept`. Never raises for storage reasons: logs an ERROR."""
-        try:
-            write_whole(self.path, encode(kept))
-        except OSError as exc:
-            self.write_failures += 1
-            self._failing = True
-            log.error(
-                "ACD: agent state file %s cannot be written (%s): %d pause(s)/logout(s) would "
-                "be lost if the daemon restarted now; routing goes on",
-                self.path,
-                exc,
-                len(kept),
-            )
-            return
-        self.writes += 1
-        if self._failing:
-            self._failing = False
-            log.warning("ACD: agent state file %s written again", self.path)
+        self.write(encode(kept), len(kept))
 
 
 @contextlib.asynccontextmanager

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from acd.router import KeptCallback
 from ivr_engine.queue_log import store_path
-from ivr_engine.state_file import set_aside, write_whole
+from ivr_engine.state_file import StateFile
 
 if TYPE_CHECKING:
     from ivr_engine.acd_gateway import AcdService
@@ -134,58 +134,33 @@ def decode(data: bytes) -> dict[str, KeptCallback]:
     return out
 
 
-class CallbackFile:
+class CallbackFile(StateFile):
     """`acd.router.CallbackKeeper` on a JSON file (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.writes = 0
-        self.write_failures = 0
-        self._failing = False
+        super().__init__(
+            path,
+            name="callback file",
+            lost_on_read="callbacks promised before the restart are NOT queued again; the "
+            "numbers are in that file, call them by hand",
+            entries="promised callback(s)",
+            mode=0o600,
+        )
 
     def load(self) -> dict[str, KeptCallback]:
         """What the file keeps; {} when there is none, or when it cannot be read (logged)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            self._unreadable(str(exc))
+        data = self.read()
+        if data is None:
             return {}
         try:
             return decode(data)
         except UnreadableCallbacks as exc:
-            self._unreadable(str(exc))
+            self.unreadable(str(exc))
             return {}
-
-    def _unreadable(self, why: str) -> None:
-        log.error(
-            "ACD: callback file %s cannot be read (%s; %s): callbacks promised before the "
-            "restart are NOT queued again; the numbers are in that file, call them by hand",
-            self.path,
-            why,
-            set_aside(self.path),
-        )
 
     def keep_callbacks(self, kept: Mapping[str, KeptCallback]) -> None:
         """Replace the file with `kept`. Never raises for storage reasons: logs an ERROR."""
-        try:
-            write_whole(self.path, encode(kept), mode=0o600)
-        except OSError as exc:
-            self.write_failures += 1
-            self._failing = True
-            log.error(
-                "ACD: callback file %s cannot be written (%s): %d promised callback(s) would "
-                "be lost if the daemon restarted now; routing goes on",
-                self.path,
-                exc,
-                len(kept),
-            )
-            return
-        self.writes += 1
-        if self._failing:
-            self._failing = False
-            log.warning("ACD: callback file %s written again", self.path)
+        self.write(encode(kept), len(kept))
 
 
 @contextlib.asynccontextmanager

@@ -4,8 +4,11 @@ written whole, so that a SIGKILL at any moment leaves either the old file or the
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def write_whole(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -41,3 +44,63 @@ def set_aside(path: Path) -> str:
     except OSError:
         return "left in place"
     return f"set aside as {aside}"
+
+
+class StateFile:
+    """One such file, read back at start and written whole on every change. Reading and
+    writing never raise for storage reasons: an unreadable file is one ERROR saying what is
+    NOT restored (`lost_on_read`) and is set aside; a failed write is an ERROR counting the
+    entries (`entries`) a restart would lose, and the next change writes them all again."""
+
+    def __init__(
+        self, path: Path, *, name: str, lost_on_read: str, entries: str, mode: int = 0o644
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.lost_on_read = lost_on_read
+        self.entries = entries
+        self.mode = mode
+        self.writes = 0
+        self.write_failures = 0
+        self._failing = False
+
+    def read(self) -> bytes | None:
+        """The file's bytes; None when there is none or it cannot be read (logged)."""
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.unreadable(str(exc))
+            return None
+
+    def unreadable(self, why: str) -> None:
+        log.error(
+            "ACD: %s %s cannot be read (%s; %s): %s",
+            self.name,
+            self.path,
+            why,
+            set_aside(self.path),
+            self.lost_on_read,
+        )
+
+    def write(self, data: bytes, count: int) -> None:
+        try:
+            write_whole(self.path, data, mode=self.mode)
+        except OSError as exc:
+            self.write_failures += 1
+            self._failing = True
+            log.error(
+                "ACD: %s %s cannot be written (%s): %d %s would be lost if the daemon "
+                "restarted now; routing goes on",
+                self.name,
+                self.path,
+                exc,
+                count,
+                self.entries,
+            )
+            return
+        self.writes += 1
+        if self._failing:
+            self._failing = False
+            log.warning("ACD: %s %s written again", self.name, self.path)

@@ -170,6 +170,31 @@ class TaskRequest:
             out["callback_number"] = mask_number(self.callback_number)
         return out
 
+    def submission(self) -> dict[str, Any]:
+        """The request as a submission again (what a restarted daemon submits anew,
+        tasks/keep.py): the customer's number and address whole, as the callback and the
+        agents need them; card numbers in the subject and body masked, as agents see them."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "channel": self.channel,
+            "queue": self.queue,
+            "skills": self.skills,
+            "priority": self.priority,
+            "language": self.language,
+        }
+        c = self.customer
+        customer = {"number": c.number, "name": c.name, "email": c.email, "cif": c.cif}
+        customer = {key: value for key, value in customer.items() if value}
+        if customer:
+            out["customer"] = customer
+        if self.subject:
+            out["subject"] = mask_cards(self.subject)
+        if self.body:
+            out["body"] = mask_cards(self.body)
+        if self.callback_number:
+            out["callback_number"] = self.callback_number
+        return out
+
 
 def load_object(payload: bytes, what: str = "a submission") -> dict[str, Any]:
     """Bytes -> a JSON object, refusing oversize payloads before parsing them."""

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import aiomqtt
@@ -46,7 +47,9 @@ from acd.errors import AcdError
 from acd.model import CALLBACK
 from acd.router import RoutedCall, Router
 from ivr_engine.config import MqttSettings
+from ivr_engine.queue_log import store_path
 from ivr_engine.tasks.callback import RESPONSE_SLACK, AmiCallbackDialer, CallbackDialer
+from ivr_engine.tasks.keep import STATES, KeptTask, TaskFile, tasks_path
 from ivr_engine.tasks.schema import (
     TaskRejected,
     TaskRequest,
@@ -80,6 +83,13 @@ class TaskPublisher(Protocol):
     ) -> None: ...
 
 
+class TaskKeeper(Protocol):
+    """Where the tasks go on every change (`ivr_engine.tasks.keep.TaskFile`): all of them.
+    It logs storage failures itself; anything that escapes is logged and routing goes on."""
+
+    def keep_tasks(self, kept: Mapping[str, KeptTask]) -> None: ...
+
+
 @dataclass
 class TaskRecord:
     """What this service knows of one task beside the router."""
@@ -93,6 +103,7 @@ class TaskRecord:
     expiry: asyncio.TimerHandle | None = None
     channel: str = ""  # callback: the agent's PBX channel once answered
     outcome: str = ""  # callback: the customer leg's DIALSTATUS
+    submission: dict[str, Any] = field(default_factory=dict)  # as kept for a restart
 
     def summary(self) -> dict[str, Any]:
         view = self.request.view()
@@ -134,6 +145,9 @@ class TaskService:
         self.messages_seen = 0
         self.rejected = 0
         self._task: asyncio.Task[None] | None = None
+        #: Every change of the tasks goes here (None: in memory only); see tasks/keep.py.
+        self.keeper: TaskKeeper | None = None
+        self._unrestored: dict[str, KeptTask] = {}  # kept from before, refused now
 
     @property
     def accept_timeout(self) -> float:
@@ -170,7 +184,18 @@ class TaskService:
         request = parse_submission(payload, self.router.roster)
         if request.id in self.tasks or request.id in self._seen:
             raise TaskRejected(f"duplicate id {request.id}: a task with this id was submitted")
-        record = TaskRecord(request, time.time())
+        record = self._queue(request, time.time())
+        log.info(
+            "task %s (%s, queue %s) queued: %s",
+            request.id,
+            request.channel,
+            request.queue,
+            record.state,
+        )
+        return {"op": "submit", "ok": True, "task": record.summary()}
+
+    def _queue(self, request: TaskRequest, submitted_at: float) -> TaskRecord:
+        record = TaskRecord(request, submitted_at, submission=request.submission())
         self.tasks[request.id] = record
         try:
             self.router.submit_task(
@@ -194,14 +219,54 @@ class TaskService:
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
         self._announce(record)
-        log.info(
-            "task %s (%s, queue %s) queued: %s",
-            request.id,
-            request.channel,
-            request.queue,
-            record.state,
-        )
-        return {"op": "submit", "ok": True, "task": record.summary()}
+        self._write()
+        return record
+
+    def restore(self, kept: Mapping[str, KeptTask]) -> tuple[int, int, int]:
+        """At start, before any agent logs in: the tasks the daemon before this one had (see
+        tasks/keep.py). Returns (queued again, left with their agents, refused now)."""
+        queued = left = 0
+        for task_id, k in sorted(kept.items(), key=lambda item: (item[1].submitted_at, item[0])):
+            if k.state == "working":
+                left += 1
+                log.warning(
+                    "task %s was being worked by agent %s when the daemon stopped: left with "
+                    "them, not routed again",
+                    task_id,
+                    k.agent or "?",
+                )
+                continue
+            try:
+                payload = json.dumps(dict(k.submission), ensure_ascii=False).encode("utf-8")
+                request = parse_submission(payload, self.router.roster)
+                if request.id != task_id:
+                    raise TaskRejected(f"its submission says id {request.id}")
+                if request.id in self.tasks:
+                    continue
+                self._queue(request, k.submitted_at)
+                queued += 1
+            except TaskRejected as exc:
+                self._unrestored[task_id] = k
+                log.error(
+                    "task %s from before the restart cannot be queued again: %s; it stays in "
+                    "the task file",
+                    task_id,
+                    exc,
+                )
+        self._write()
+        return queued, left, len(self._unrestored)
+
+    def _write(self) -> None:
+        if self.keeper is None:
+            return
+        kept = dict(self._unrestored)
+        for task_id, r in self.tasks.items():
+            state = r.state if r.state in STATES else "waiting"
+            kept[task_id] = KeptTask(r.submission, r.submitted_at, state, r.agent)
+        try:
+            self.keeper.keep_tasks(kept)
+        except Exception:  # the keeper's bug must never stop routing
+            log.exception("tasks not kept for a restart")
 
     def cancel(self, payload: bytes) -> dict[str, Any]:
         request = parse_cancel(payload)
@@ -280,6 +345,7 @@ class TaskService:
         self._router_has(record, agent, "ringing")
         self._stop_expiry(record)
         record.state = "working"
+        self._write()
         self._to_agent(agent, "TaskAccepted", record)
         self._status(record, "TaskAccepted", agent=agent)
         try:
@@ -453,7 +519,8 @@ class TaskService:
 
     def _forget(self, record: TaskRecord) -> None:
         self._stop_expiry(record)
-        self.tasks.pop(record.request.id, None)
+        if self.tasks.pop(record.request.id, None) is not None:
+            self._write()
 
     @staticmethod
     def _stop_expiry(record: TaskRecord) -> None:
@@ -547,8 +614,22 @@ async def task_extension(service: AcdService) -> AsyncIterator[TaskService]:
     )
     dialer.start()
     tasks.dialer = dialer
+    keeper = TaskFile(tasks_path(store_path(service)))
+    kept = await asyncio.to_thread(keeper.load)
     try:
         async with tasks.running():
+            tasks.keeper = keeper
+            queued, left, refused = tasks.restore(kept)
+            if kept:
+                log.info(
+                    "ACD: %d task(s) from before the restart queued again, %d left with the "
+                    "agents working them, %d refused; kept in %s",
+                    queued,
+                    left,
+                    refused,
+                    keeper.path,
+                )
             yield tasks
     finally:
+        tasks.keeper = None
         dialer.close()
