@@ -145,7 +145,9 @@ class KeptCallback:
     PBX has not started yet: what a restarted daemon needs to put it back in its queue.
     `requested` and `not_before` are the wall clock (epoch seconds); `not_before` is when a
     retry after a failed attempt is due (0: at once). `priority` is the ACD's (as in
-    `RoutedCall`), `caller` the number to dial."""
+    `RoutedCall`), `caller` the number to dial. `placed` (wall clock) is when an agent's
+    phone was last rung for it: a restart within that ring's time waits it out (see
+    `restore_callbacks`)."""
 
     call_id: str
     queue: str
@@ -157,6 +159,7 @@ class KeptCallback:
     requested: float
     attempts: int = 0
     not_before: float = 0.0
+    placed: float = 0.0  # wall clock of the last time an agent's phone was rung for it
 
 
 class CallbackKeeper(Protocol):
@@ -223,6 +226,7 @@ class RoutedCall:
     caller: str = ""  # the caller's number (callbacks dial it; never published unmasked)
     callback: bool = False  # the caller asked to be called back and hung up
     callback_attempts: int = 0
+    callback_requested: float = 0.0  # wall clock: when the caller asked (kept for a restart)
     recording: str = ""  # MixMonitor file of the agent call, as Asterisk wrote it
 
 
@@ -683,6 +687,9 @@ class Router:
         """The agent answered (for a callback: the agent's leg, before the customer's)."""
         call = self.calls.get(call_id)
         if call is None or call.state != "ringing" or call.agent != agent:
+            if call_id in self._promised and (call is None or call.state == "waiting"):
+                self._started_before_restart(call_id, agent)
+                return
             log.warning("answer of %s by %s does not match an offer; ignored", call_id, agent)
             return
         self._clear_guard(call)
@@ -821,17 +828,27 @@ class Router:
         handle = self._loop.call_later(delay, again)
         self._retries.add(handle)
 
-    def _retry_callback(self, call: RoutedCall) -> None:
-        if call.call_id in self.calls:
-            return
-        if call.call_id not in self._promised:  # taken back while it waited for its retry
-            return
+    def _retry_callback(self, call: RoutedCall) -> bool:
+        """A callback (again) into its queue; False, with an ERROR, when the ACD refuses it
+        now (the promise stays kept: a person must call)."""
+        if call.call_id in self.calls or call.call_id not in self._promised:
+            return True  # queued already, or started or given up while it waited
         started = time.perf_counter()
+        try:
+            call.matcher_queue = self._matcher_queue(call.queue, call.requirement)
+        except AcdError as exc:
+            log.error(
+                "callback %s (queue %s) cannot be queued: %s; it stays kept, call the customer "
+                "by hand",
+                call.call_id,
+                call.queue,
+                exc,
+            )
+            return False
         call.state = "waiting"
         call.agent = ""
         call.queued_at = self.now()
         self.calls[call.call_id] = call
-        call.matcher_queue = self._matcher_queue(call.queue, call.requirement)
         self._emit(
             "ENTERQUEUE",
             call.call_id,
@@ -843,6 +860,7 @@ class Router:
         )
         spec = CallSpec(call.call_id, call.matcher_queue, VOICE, call.priority)
         self._apply(self.m.call_arrived(spec, self.now()), started)
+        return True
 
     def _gone(self, call: RoutedCall) -> None:
         """The caller (or the task's customer) left: abandon, cancelled ring, or the end."""
@@ -872,6 +890,11 @@ class Router:
         self.calls.pop(call_id, None)
         if agent:
             self._apply_deferred(agent)
+        if call.callback and call_id in self._promised:
+            # The caller asked for a callback, then an agent was rung for the live call and
+            # the caller hung up as told: still owed, back in the queue as a callback.
+            call.channel = ""
+            self._retry_callback(call)
 
     def _end(self, call: RoutedCall, started: float, verb: str) -> None:
         agent = call.agent
@@ -1212,8 +1235,9 @@ class Router:
         (or due again after a failed attempt)."""
         return dict(self._promised)
 
-    def _promise(self, call: RoutedCall, *, not_before: float = 0.0) -> None:
-        old = self._promised.get(call.call_id)
+    def _promise(self, call: RoutedCall, *, not_before: float = 0.0, placed: float = 0.0) -> None:
+        if not call.callback_requested:
+            call.callback_requested = time.time()
         self._promised[call.call_id] = KeptCallback(
             call.call_id,
             call.queue,
@@ -1222,9 +1246,10 @@ class Router:
             call.language,
             call.caller,
             dict(call.screen_pop),
-            old.requested if old is not None else time.time(),
+            call.callback_requested,
             call.callback_attempts,
             not_before,
+            placed,
         )
         self._write_promised()
 
@@ -1265,23 +1290,28 @@ class Router:
                 callback=True,
                 callback_attempts=k.attempts,
             )
-            if k.not_before > wall:
-                self._retry_later(call, k.not_before - wall)
-                continue
-            try:
-                self._retry_callback(call)
-            except AcdError as exc:
-                self.calls.pop(call_id, None)
+            call.callback_requested = k.requested
+            # An agent's phone rung for it just before the restart may still be answered, and
+            # the PBX then dials the customer without us: wait that ring out first (an answer
+            # meanwhile is the callback started, see `answered`).
+            ring_over = k.placed + self.ring_timeout + self.guard_margin if k.placed else 0.0
+            due = max(k.not_before, ring_over)
+            if due > wall:
+                self._retry_later(call, due - wall)
+            elif not self._retry_callback(call):
                 refused.append(call_id)
-                log.error(
-                    "callback %s (queue %s) promised before the restart cannot be queued: %s; "
-                    "it stays kept, call the customer by hand",
-                    call_id,
-                    k.queue,
-                    exc,
-                )
         self._write_promised()
         return refused
+
+    def _started_before_restart(self, call_id: str, agent: str) -> None:
+        """An agent answered a callback's ring that a daemon before this one placed: the PBX
+        dials the customer from there, so it is no longer owed (and not placed again)."""
+        started = time.perf_counter()
+        call = self.calls.pop(call_id, None)
+        if call is not None and self.m.call_state(call_id) is not None:
+            self._apply(self.m.hung_up(call_id, self.now()), started)
+        self._drop_promise(call_id)
+        log.info("callback %s: agent %s answered a ring placed before the restart", call_id, agent)
 
     def _publish_agent(self, agent_id: str) -> None:
         state = self._state(agent_id) or AgentState.LOGGED_OUT
@@ -1389,6 +1419,8 @@ class Router:
             return
         if call.callback and not call.channel:
             endpoint = entry.endpoint if entry is not None else f"PJSIP/{offer.agent}"
+            if call.call_id in self._promised:
+                self._promise(call, placed=time.time())  # a restart now waits this ring out
             self.publisher.publish(topic, pop)
             self.spawn(
                 self._place_callback(call, offer.agent, endpoint), f"acd-callback-{call.call_id}"
@@ -1497,6 +1529,8 @@ class Router:
                 },
             )
             return
+        # Still on the line: voicemail or the operators take the caller now.
+        self._drop_promise(call.call_id)
         context = VOICEMAIL_CONTEXT if target == VOICEMAIL else OPERATORS
         self.spawn(
             self._redirect(call.channel, context, "s", started, None),

@@ -19,7 +19,7 @@ from ivr_engine.agent_confirm import extension as agent_confirm_extension
 from ivr_engine.agent_keep import agent_keep_extension
 from ivr_engine.callback_keep import callback_keep_extension
 from ivr_engine.queue_log import queue_log_extension
-from ivr_engine.tasks import task_extension
+from ivr_engine.tasks import task_extension, task_keep_extension
 
 if TYPE_CHECKING:
     from ivr_engine.acd_gateway import AcdService
@@ -29,6 +29,6 @@ Extension = Callable[["AcdService"], AbstractAsyncContextManager[Any]]
 # Pauses kept across a restart first: they are in the router before the agents log in.
 EXTENSIONS: list[Extension] = [agent_keep_extension, task_extension, agent_confirm_extension]
 EXTENSIONS += [queue_log_extension, acd_stats_extension]  # queue_log, then live statistics
-# Callbacks promised before a restart last: queue_log and the statistics see them queued again
-# (no agent is logged in before the AMI rebuild, which starts after every extension).
-EXTENSIONS += [callback_keep_extension]
+# Callbacks and tasks from before a restart last: queue_log and the statistics see them queued
+# again (no agent is logged in before the AMI rebuild, which starts after every extension).
+EXTENSIONS += [callback_keep_extension, task_keep_extension]

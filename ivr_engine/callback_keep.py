@@ -16,7 +16,7 @@ masked there: the number is what the callback dials).
      "callbacks": {"1717000000.42": {"queue": "general", "requirement": "mandarin",
                    "priority": 5, "language": "cmn", "caller": "13800138000",
                    "screen_pop": {...}, "requested": 1717000012.3, "attempts": 0,
-                   "not_before": 0}}}
+                   "not_before": 0, "placed": 0}}}
 
 Written whole and synchronously on each change (state_file.write_whole): the promise is on
 disk before the caller hears it confirmed. Callbacks are a caller's choice, a few a minute
@@ -72,6 +72,7 @@ def encode(kept: Mapping[str, KeptCallback]) -> bytes:
             "requested": round(k.requested, 3),
             "attempts": k.attempts,
             "not_before": round(k.not_before, 3),
+            "placed": round(k.placed, 3),
         }
     body = {"version": VERSION, "callbacks": callbacks}
     return (json.dumps(body, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
@@ -130,6 +131,7 @@ def decode(data: bytes) -> dict[str, KeptCallback]:
             _time(call_id, entry, "requested"),
             _count(call_id, entry, "attempts"),
             _time(call_id, entry, "not_before"),
+            _time(call_id, {"placed": 0, **entry}, "placed"),
         )
     return out
 

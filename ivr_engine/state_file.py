@@ -1,5 +1,6 @@
-"""Small state files a restarted daemon reads back (agent_keep.py, callback_keep.py): each is
-written whole, so that a SIGKILL at any moment leaves either the old file or the new one."""
+"""Small state files a restarted daemon reads back (agent_keep.py, callback_keep.py,
+tasks/keep.py): each is written whole, so that a SIGKILL at any moment leaves either the old
+file or the new one (and at most a temporary file, removed when the file is next read)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,16 @@ def write_whole(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    # The rename itself is on disk only once the directory is (POSIX).
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    # The rename itself is on disk only once the directory is (POSIX). The new file is in
+    # place either way: a failure here is said, not counted as a failed write.
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        log.warning("%s written, but its directory could not be synced: %s", path, exc)
 
 
 def set_aside(path: Path) -> str:
@@ -65,7 +70,11 @@ class StateFile:
         self._failing = False
 
     def read(self) -> bytes | None:
-        """The file's bytes; None when there is none or it cannot be read (logged)."""
+        """The file's bytes; None when there is none or it cannot be read (logged). A
+        temporary file left by a write that a SIGKILL cut short is removed first."""
+        for stale in self.path.parent.glob(f"{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
         try:
             return self.path.read_bytes()
         except FileNotFoundError:

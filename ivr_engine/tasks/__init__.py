@@ -9,11 +9,19 @@
 ```
 
 `schema` is pure (validation and masking), `service` is the router's `TaskSink` and the MQTT
-side, `callback` rings agents for web callbacks over AMI. `task_extension` is what
+side, `callback` rings agents for web callbacks over AMI. `task_extension` and
+`task_keep_extension` (the tasks across a restart, `keep`) are what
 `ivr_engine.acd_extensions.EXTENSIONS` lists. The payloads are documented in docs/tasks.md.
 """
 
 from ivr_engine.tasks.schema import TaskRejected, TaskRequest, parse_submission
-from ivr_engine.tasks.service import TaskService, task_extension
+from ivr_engine.tasks.service import TaskService, task_extension, task_keep_extension
 
-__all__ = ["TaskRejected", "TaskRequest", "TaskService", "parse_submission", "task_extension"]
+__all__ = [
+    "TaskRejected",
+    "TaskRequest",
+    "TaskService",
+    "parse_submission",
+    "task_extension",
+    "task_keep_extension",
+]

@@ -79,9 +79,16 @@ class AmiCallbackDialer:
         #: Rides along as TASK_OWNER and comes back in every UserEvent: another daemon on the
         #: same PBX (a standby, a test run) never acts on this one's callbacks, nor it on theirs.
         self.owner = secrets.token_hex(8)
+        self._owners = {self.owner}
         self._dial = dial
         self._customer_ring = customer_ring
         self._unsubscribe: Callable[[], None] | None = None
+
+    def adopt(self, owner: str) -> None:
+        """Also act on the callbacks rung by `owner`: the daemon before a restart, whose ring
+        may still be answered (`TaskService.restore`)."""
+        if owner:
+            self._owners.add(owner)
 
     def start(self) -> None:
         self._unsubscribe = self._ami.subscribe("UserEvent", self._on_user_event)
@@ -135,7 +142,7 @@ class AmiCallbackDialer:
         f = event.fields
         kind = f.get("UserEvent", "")
         task_id, agent = f.get("Task", ""), f.get("Agent", "")
-        if not kind.startswith("AcdTask") or not task_id or f.get("Owner", "") != self.owner:
+        if not kind.startswith("AcdTask") or not task_id or f.get("Owner", "") not in self._owners:
             return
         try:
             if kind == "AcdTaskAnswered":

@@ -7,7 +7,11 @@ an agent, done, cancelled or dropped). At start (`task_extension`) the file is r
 task is submitted again (`TaskService.restore`):
 
 - waiting or offered when the daemon stopped: queued again through the same validation as a
-  new submission (the roster may have changed), in the order they were first submitted;
+  new submission (the roster may have changed), in the order they were first submitted. A
+  web callback whose agent's phone was ringing waits that ring out first (the accept timeout
+  and the Originate's slack): the new daemon adopts the old one's owner token, so that if the
+  agent answers that ring (the PBX then dials the customer by itself) the callback counts as
+  started and is not rung again;
 - being worked by an agent: left with that agent (their desktop still has it) and not routed
   again; a WARNING names each;
 - refused now (its queue left the roster, nobody takes its channel any more): an ERROR names
@@ -19,7 +23,8 @@ number and address whole, subject and body with card numbers masked, as agents s
 
     {"version": 1,
      "tasks": {"chat-1": {"task": {"id": "chat-1", "channel": "chat", ...},
-                          "submitted_at": 1717000000.123, "state": "waiting", "agent": ""}}}
+                          "submitted_at": 1717000000.123, "state": "waiting", "agent": "",
+                          "owner": ""}}}
 
 Written whole and synchronously on each change (state_file.write_whole), like the agent and
 callback files; failures are logged and routing goes on (`state_file.StateFile`).
@@ -53,6 +58,7 @@ class KeptTask:
     submitted_at: float
     state: str = "waiting"
     agent: str = ""
+    owner: str = ""  # a callback offered (its agent's phone ringing): the ringing daemon
 
 
 def tasks_path(store: Path) -> Path:
@@ -67,6 +73,7 @@ def encode(kept: Mapping[str, KeptTask]) -> bytes:
             "submitted_at": round(k.submitted_at, 3),
             "state": k.state,
             "agent": k.agent,
+            "owner": k.owner,
         }
         for task_id, k in sorted(kept.items())
     }
@@ -93,10 +100,10 @@ def decode(data: bytes) -> dict[str, KeptTask]:
         at = entry.get("submitted_at")
         if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
             raise UnreadableTasks(f"task {task_id!r}: 'submitted_at' is not a time")
-        state, agent = entry.get("state"), entry.get("agent")
-        if state not in STATES or not isinstance(agent, str):
+        state, agent, owner = entry.get("state"), entry.get("agent"), entry.get("owner", "")
+        if state not in STATES or not isinstance(agent, str) or not isinstance(owner, str):
             raise UnreadableTasks(f"task {task_id!r}: state {state!r}, agent {agent!r}")
-        out[task_id] = KeptTask(entry["task"], float(at), state, agent)
+        out[task_id] = KeptTask(entry["task"], float(at), state, agent, owner)
     return out
 
 

@@ -148,6 +148,8 @@ class TaskService:
         #: Every change of the tasks goes here (None: in memory only); see tasks/keep.py.
         self.keeper: TaskKeeper | None = None
         self._unrestored: dict[str, KeptTask] = {}  # kept from before, refused now
+        # Callbacks from before a restart waiting for the old ring to be over (see restore).
+        self._pending: dict[str, tuple[KeptTask, asyncio.TimerHandle]] = {}
 
     @property
     def accept_timeout(self) -> float:
@@ -176,6 +178,8 @@ class TaskService:
                 self._task = None
             for record in self.tasks.values():
                 self._stop_expiry(record)
+            for _, handle in self._pending.values():
+                handle.cancel()
 
     # ------------------------------------------------------------------ inputs
 
@@ -197,6 +201,7 @@ class TaskService:
     def _queue(self, request: TaskRequest, submitted_at: float) -> TaskRecord:
         record = TaskRecord(request, submitted_at, submission=request.submission())
         self.tasks[request.id] = record
+        self._unrestored.pop(request.id, None)  # submitted anew: this copy is the one kept
         try:
             self.router.submit_task(
                 request.id,
@@ -229,6 +234,7 @@ class TaskService:
         for task_id, k in sorted(kept.items(), key=lambda item: (item[1].submitted_at, item[0])):
             if k.state == "working":
                 left += 1
+                self._seen[task_id] = None  # a redelivery must not route it to a second agent
                 log.warning(
                     "task %s was being worked by agent %s when the daemon stopped: left with "
                     "them, not routed again",
@@ -236,33 +242,60 @@ class TaskService:
                     k.agent or "?",
                 )
                 continue
-            try:
-                payload = json.dumps(dict(k.submission), ensure_ascii=False).encode("utf-8")
-                request = parse_submission(payload, self.router.roster)
-                if request.id != task_id:
-                    raise TaskRejected(f"its submission says id {request.id}")
-                if request.id in self.tasks:
-                    continue
-                self._queue(request, k.submitted_at)
+            if k.state == "offered" and k.owner:
+                # A web callback whose agent's phone was ringing: if that agent answers, the
+                # PBX dials the customer by itself. Wait the ring out, listening for it.
+                adopt = getattr(self.dialer, "adopt", None)
+                if adopt is not None:
+                    adopt(k.owner)
+                wait = self.accept_timeout + RESPONSE_SLACK
+                handle = asyncio.get_running_loop().call_later(wait, self._restore_due, task_id)
+                self._pending[task_id] = (k, handle)
                 queued += 1
-            except TaskRejected as exc:
-                self._unrestored[task_id] = k
-                log.error(
-                    "task %s from before the restart cannot be queued again: %s; it stays in "
-                    "the task file",
-                    task_id,
-                    exc,
-                )
+                continue
+            queued += self._restore_one(task_id, k)
         self._write()
         return queued, left, len(self._unrestored)
+
+    def _restore_one(self, task_id: str, k: KeptTask) -> bool:
+        try:
+            payload = json.dumps(
+                dict(k.submission), ensure_ascii=False, separators=(",", ":")
+            ).encode("utf-8")
+            request = parse_submission(payload, self.router.roster)
+            if request.id != task_id:
+                raise TaskRejected(f"its submission says id {request.id}")
+            if request.id in self.tasks:
+                return False
+            self._queue(request, k.submitted_at)
+            return True
+        except TaskRejected as exc:
+            self._unrestored[task_id] = k
+            log.error(
+                "task %s from before the restart cannot be queued again: %s; it stays in the "
+                "task file",
+                task_id,
+                exc,
+            )
+            return False
+
+    def _restore_due(self, task_id: str) -> None:
+        pending = self._pending.pop(task_id, None)
+        if pending is not None and not self._restore_one(task_id, pending[0]):
+            self._write()  # refused now: kept as such
 
     def _write(self) -> None:
         if self.keeper is None:
             return
         kept = dict(self._unrestored)
+        kept.update((task_id, k) for task_id, (k, _) in self._pending.items())
+        owner = getattr(self.dialer, "owner", "")
         for task_id, r in self.tasks.items():
             state = r.state if r.state in STATES else "waiting"
-            kept[task_id] = KeptTask(r.submission, r.submitted_at, state, r.agent)
+            ringing = state == "offered" and r.request.channel == CALLBACK
+            kept[task_id] = KeptTask(
+                r.submission, r.submitted_at, state, r.agent, owner if ringing else ""
+            )
         try:
             self.keeper.keep_tasks(kept)
         except Exception:  # the keeper's bug must never stop routing
@@ -409,6 +442,7 @@ class TaskService:
         loop = asyncio.get_running_loop()
         record.expiry = loop.call_later(within, self._expired, call.call_id, agent)
         if callback:
+            self._write()  # a restart during this ring waits it out (restore)
             self._ring(record, agent)
 
     def dropped(self, call: RoutedCall, reason: str) -> None:
@@ -467,6 +501,17 @@ class TaskService:
             log.error("callback %s answered by %s but refused: %s", record.request.id, agent, exc)
 
     def callback_answered(self, task_id: str, agent: str, channel: str) -> None:
+        pending = self._pending.pop(task_id, None)
+        if pending is not None:
+            # The ring placed before the restart was answered: the PBX dials the customer.
+            pending[1].cancel()
+            self._write()
+            log.info(
+                "callback %s: agent %s answered a ring placed before the restart: started",
+                task_id,
+                agent,
+            )
+            return
         record = self.tasks.get(task_id)
         if record is None or record.agent != agent or record.state == "waiting":
             # Cancelled (or given to another agent) while this phone rang: no ghost call.
@@ -614,22 +659,35 @@ async def task_extension(service: AcdService) -> AsyncIterator[TaskService]:
     )
     dialer.start()
     tasks.dialer = dialer
-    keeper = TaskFile(tasks_path(store_path(service)))
-    kept = await asyncio.to_thread(keeper.load)
     try:
         async with tasks.running():
-            tasks.keeper = keeper
-            queued, left, refused = tasks.restore(kept)
-            if kept:
-                log.info(
-                    "ACD: %d task(s) from before the restart queued again, %d left with the "
-                    "agents working them, %d refused; kept in %s",
-                    queued,
-                    left,
-                    refused,
-                    keeper.path,
-                )
             yield tasks
     finally:
-        tasks.keeper = None
         dialer.close()
+
+
+@contextlib.asynccontextmanager
+async def task_keep_extension(service: AcdService) -> AsyncIterator[TaskFile | None]:
+    """The `EXTENSIONS` factory that keeps the tasks across a restart (tasks/keep.py): listed
+    after the queue_log and the statistics, so that they see the tasks queued again."""
+    tasks = service.router.task_sink
+    if not isinstance(tasks, TaskService):
+        yield None
+        return
+    keeper = TaskFile(tasks_path(store_path(service)))
+    kept = await asyncio.to_thread(keeper.load)
+    tasks.keeper = keeper
+    queued, left, refused = tasks.restore(kept)
+    if kept:
+        log.info(
+            "ACD: %d task(s) from before the restart queued again, %d left with the agents "
+            "working them, %d refused; kept in %s",
+            queued,
+            left,
+            refused,
+            keeper.path,
+        )
+    try:
+        yield keeper
+    finally:
+        tasks.keeper = None

@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -544,12 +543,7 @@ async def test_a_callback_not_answered_requeues_and_a_late_answer_is_hung_up() -
         assert not router.calls
 
 
-async def test_the_extension_plugs_into_an_acd_service(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The task file beside the daemon's store (tasks/keep.py): this test's own.
-    monkeypatch.setenv("IVR_ENGINE_STORE_PATH", str(tmp_path / "ivr.sqlite3"))
-    monkeypatch.delenv("IVR_ENGINE_CONFIG", raising=False)
+async def test_the_extension_plugs_into_an_acd_service() -> None:
     pub = Publisher()
     router = Router(ROSTER, Pbx(), pub)
 
@@ -569,7 +563,6 @@ async def test_the_extension_plugs_into_an_acd_service(
         async with task_extension(Service()) as tasks:  # type: ignore[arg-type]
             assert router.task_sink is tasks and tasks.dialer is not None
             assert subscribed == ["UserEvent"]  # the callback dialplan's events
-            assert tasks.keeper is not None and tasks.keeper.path == tmp_path / "ivr.tasks.json"
         assert router.task_sink is None and subscribed == []
 
 

@@ -101,6 +101,7 @@ async def test_a_promised_callback_survives_a_restart_and_the_customer_is_called
                 "requested": pytest.approx(time.time(), abs=5),
                 "attempts": 0,
                 "not_before": 0,
+                "placed": 0,
             }
         }
         # the numbers to call are in it: for the daemon's user only
@@ -112,7 +113,9 @@ async def test_a_promised_callback_survives_a_restart_and_the_customer_is_called
     async with after.running():
         await after.router.drain()  # the agent's phone found registered: ready, not paused
         assert placer.placed == [("c1", "1001", "PJSIP/1001", NUMBER)]
-        assert on_disk(store) == kept  # owed until the PBX starts it
+        # owed until the PBX starts it; the ring's time is noted (a restart waits it out)
+        ringing = on_disk(store)["c1"]
+        assert ringing == {**kept["c1"], "placed": pytest.approx(time.time(), abs=5)}
         after.router.answered("c1", "1001")  # the agent's leg: the PBX dials the customer
         assert on_disk(store) == {}
         after.router.callback_result("c1", "1001", "ANSWER")
@@ -211,3 +214,85 @@ async def test_an_unreadable_file_is_set_aside_and_a_write_failure_is_logged(
         caller_asks_for_a_callback(router, "c2", "13700000000")
         assert "written again" in caplog.text
     assert set(keeper.load()) == {"c1", "c2"}
+
+
+async def test_a_caller_who_hangs_up_as_told_while_an_agent_is_rung_is_still_called_back(
+    tmp_path: Path,
+) -> None:
+    """The agent frees up while the caller, who asked for a callback, still hears the
+    confirmation: the ring is for the live call. The caller then hangs up as told: the ring is
+    withdrawn and the callback stays owed, queued as a callback."""
+    keeper = CallbackFile(tmp_path / "ivr.callbacks.json")
+    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
+    placer = FakePlacer()
+    router.callback_placer = placer
+    router.callback_keeper = keeper
+    async with router:
+        router.login("1001")
+        router.pause("1001", "x")
+        router.register(
+            "c1",
+            queue="general",
+            requirement="mandarin",
+            priority=5,
+            language="cmn",
+            screen_pop={},
+            caller=NUMBER,
+        )
+        router.call_waiting("c1", "PJSIP/trunk-c1")
+        assert router.key_pressed("c1", "1") == "callback"
+        router.resume("1001")  # rung for the caller still on the line
+        assert router.calls["c1"].state == "ringing" and router.calls["c1"].channel
+        router.channel_gone("PJSIP/trunk-c1")
+        await router.drain()
+        assert set(keeper.load()) == {"c1"}
+        # back in the queue as a callback: the agent is rung for it, then the customer
+        assert placer.placed == [("c1", "1001", "PJSIP/1001", NUMBER)]
+
+
+async def test_a_restart_waits_out_a_ring_placed_before_it_and_an_answer_to_it_is_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon died while an agent's phone rang for a callback. If that agent answers, the
+    PBX dials the customer without any daemon: the new one must not place it again."""
+    keeper = CallbackFile(tmp_path / "ivr.callbacks.json")
+    now = time.time()
+    rung = KeptCallback("c1", "general", "mandarin", 5, "cmn", NUMBER, {}, now - 30, placed=now)
+    keeper.keep_callbacks({"c1": rung})
+    router = Router(
+        Roster.parse(ROSTER), FakePbx(), FakePublisher(), ring_timeout=0.3, guard_margin=0.2
+    )
+    placer = FakePlacer()
+    router.callback_placer = placer
+    router.callback_keeper = keeper
+    caplog.set_level(logging.INFO)
+    async with router:
+        router.login("1001")
+        assert router.restore_callbacks(keeper.load()) == []
+        await router.drain()
+        assert placer.placed == [] and "c1" not in router.calls  # the old ring may be answered
+        router.answered("c1", "1002")  # it was: AcdAnswered from the old originate
+        assert keeper.load() == {}
+        await asyncio.sleep(0.7)
+        await router.drain()
+        assert placer.placed == []  # not placed a second time
+    assert "agent 1002 answered a ring placed before the restart" in caplog.text
+
+
+async def test_a_retry_the_acd_refuses_when_it_is_due_stays_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keeper = CallbackFile(tmp_path / "ivr.callbacks.json")
+    later = KeptCallback(
+        "old", "general", "mandarin >= (", 5, "cmn", NUMBER, {}, time.time() - 60, 1,
+        not_before=time.time() + 0.2,
+    )  # fmt: skip
+    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
+    router.callback_placer = FakePlacer()
+    router.callback_keeper = keeper
+    async with router:
+        assert router.restore_callbacks({"old": later}) == []  # not due yet: not tried
+        await asyncio.sleep(0.4)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "callback old" in errors[0] and "by hand" in errors[0]
+        assert "old" not in router.calls and set(keeper.load()) == {"old"}

@@ -105,7 +105,7 @@ def test_foreign_number() -> None:
     assert r.country == "US" and r.province == "" and not r.is_cantonese_region
 
 
-def test_the_command_line_starts_without_the_geocoder_data_and_the_daemon_loads_it() -> None:
+def test_the_command_line_starts_without_the_geocoder_data_and_warm_loads_it() -> None:
     """The geocoder's data takes about 0.3 s to load: every `ivr-engine` command imports
     this module (through the CIF), so it is loaded on first use; the daemon loads it at start
     (`region.warm`, called by app.py) so that no caller waits for it."""
