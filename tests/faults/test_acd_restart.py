@@ -21,6 +21,7 @@ callers' and phones' own view.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +29,17 @@ from typing import Any
 
 import pytest
 
+from ivr_engine.callback_keep import callbacks_path
 from simulate.sip import SimCall, SipStack
 from tests.faults.audio import longest_silence
 from tests.faults.support import queue_events, wait_agent_states
+from tests.integration.test_acd_caller_routing import (
+    RECORDINGS,
+    Phone,
+    dial_hotline,
+    hang_up_all,
+)
+from tests.integration.test_acd_caller_services import free_udp_port
 from tests.support.daemon import Daemon
 from tests.support.mqtt_broker import PrivateBroker
 
@@ -55,9 +64,15 @@ def broker(tmp_path: Path) -> Any:
     b.stop()
 
 
-def _daemon(daemons: Callable[..., Daemon], tmp_path: Path, broker: PrivateBroker, **acd: str):  # type: ignore[no-untyped-def]
+def _daemon(  # type: ignore[no-untyped-def]
+    daemons: Callable[..., Daemon],
+    tmp_path: Path,
+    broker: PrivateBroker,
+    agents_yaml: str = ROSTER,
+    **acd: str,
+):
     roster = tmp_path / "agents.yaml"
-    roster.write_text(ROSTER)
+    roster.write_text(agents_yaml)
     env = {
         "IVR_ENGINE_ACD_ROSTER": str(roster),
         "IVR_ENGINE_MQTT_PORT": str(broker.port),
@@ -281,3 +296,104 @@ def test_sigkill_with_callers_waiting_and_no_restart_reaches_the_operators(
         assert [v for v, _, _ in queue_events(d, call_id)] == ["ENTERQUEUE"]
     assert max(q.length for q in silences) < MAX_DEAD_AIR, silences
     assert min(answered_quiet) >= 0.5, answered_quiet
+
+
+CALLBACK_ROSTER = """
+defaults: {join_empty: true, wrapup: 1}
+queues:
+  cantonese: {}
+agents:
+  "1001": {skills: {cantonese: 9}}
+"""
+SHENZHEN = "075582345678"  # not a customer: Cantonese menu, 0 for a person
+
+
+def test_sigkill_after_a_callback_request_then_restart_calls_the_customer_back(
+    dev_pbx, hotline, prompts_built, daemons, broker, tmp_path
+):  # type: ignore[no-untyped-def]
+    """A caller waits (the agent on a break), presses the callback key, hears it confirmed
+    and is hung up on; the daemon is SIGKILLed before the agent is free. The promise was on
+    disk before the confirmation (`<store>.callbacks.json`, ivr_engine/callback_keep.py):
+    the restarted daemon queues the callback again, and once the agent is back from the
+    break the agent's phone rings first, then the customer's (the dev trunk to this test's
+    own SIP stack stands in for the carrier, as in test_acd_caller_services.py)."""
+    port = free_udp_port()
+    d = _daemon(
+        daemons,
+        tmp_path,
+        broker,
+        CALLBACK_ROSTER,
+        announce_every="0",
+        recordings_dir=RECORDINGS,
+        callback_dial=f"PJSIP/devtrunk/sip:cb{{number}}@127.0.0.1:{port}",
+    )
+    kept_file = callbacks_path(d.db)
+    phones: list[Phone] = []
+    calls: list[SimCall] = []
+    with SipStack(port=port) as stack:
+        try:
+            agent = Phone(stack, dev_pbx.sip_port, "1001", 0.3)
+            customer = Phone(stack, None, f"cb{SHENZHEN}", 0.5)  # behind the "carrier"
+            phones[:] = [agent, customer]
+            agent.account.wait_registered(10)
+            stack.pump(0.5)
+            wait_agent_states(d, {"1001": "ready"})
+            d.cli("agents", "pause", "1001", "break", "--timeout", "10")
+            wait_agent_states(d, {"1001": "paused"})
+            call = dial_hotline(stack, dev_pbx.sip_port, SHENZHEN, "w,0")
+            calls.append(call)
+            stack.wait_for(lambda: len(_queued(d)) >= 1, 90, "the caller queued")
+            call_id = _queued(d)[0]
+            stack.pump(1.5)
+            call.send_dtmf("1")  # the callback key while waiting
+            stack.wait_for(lambda: call.is_ended, 30, "the PBX to end the call")
+            ended_by_pbx = not call.ended_locally
+            kept = json.loads(kept_file.read_text())["callbacks"]
+            d.kill()
+            stack.pump(2.0)
+            rang_while_down = (list(agent.rang), list(customer.rang))
+            d.start()
+            # The break is kept too (agent_keep.py): nobody is rung until the agent is back.
+            wait_agent_states(d, {"1001": "paused"})
+            stack.pump(2.0)
+            rang_while_paused = (list(agent.rang), list(customer.rang))
+            resumed = time.monotonic()
+            d.cli("agents", "resume", "1001")
+            stack.wait_for(lambda: bool(customer.rang), 40, "the customer's phone to ring")
+            called_back = time.monotonic() - resumed
+            stack.wait_for(
+                lambda: customer.account.incoming[0].is_connected, 10, "the customer answered"
+            )
+            stack.pump(2.0)
+            customer.account.incoming[0].end()
+            stack.wait_for(
+                lambda: all(c.is_ended for p in phones for c in p.account.incoming), 10, "end"
+            )
+            final = wait_agent_states(d, {"1001": "ready"}, 15)
+            agent_rang, customer_rang = list(agent.rang), list(customer.rang)
+            kept_after = json.loads(kept_file.read_text())["callbacks"]
+        finally:
+            hang_up_all(stack, calls, phones)
+    code = d.stop()
+    print(
+        f"callback promised, daemon SIGKILLed and restarted: the customer's phone rang "
+        f"{called_back:.1f}s after the agent's resume"
+    )
+    assert code == 0, d.output()[-3000:]
+    assert ended_by_pbx  # confirmed, then the PBX hung up: the caller relies on the promise
+    assert list(kept) == [call_id] and kept[call_id]["caller"] == SHENZHEN, kept
+    assert rang_while_down == ([], []) and rang_while_paused == ([], []), rang_while_paused
+    # The agent first (it hears who is to be called), then the customer; once each.
+    assert len(agent_rang) == 1 and len(customer_rang) == 1, (agent_rang, customer_rang)
+    assert agent_rang[0][0] < customer_rang[0][0]
+    assert final["1001"]["state"] == "ready"
+    assert kept_after == {}  # nothing owed any more
+    logs = d.logs()
+    assert "1 callback(s) promised before the restart queued again (0 refused)" in logs, logs[
+        -3000:
+    ]
+    assert f"queue event CALLBACKDONE call={call_id}" in logs, logs[-3000:]
+    verbs = [v for v, _, _ in queue_events(d, call_id)]
+    # Queued by the caller, queued again by the restarted daemon, then the callback served.
+    assert verbs[:2] == ["ENTERQUEUE", "ENTERQUEUE"] and verbs[-1] == "COMPLETEAGENT", verbs
+    assert "CONNECT" in verbs, verbs

@@ -269,3 +269,47 @@ async def test_an_offer_not_accepted_is_requeued_and_a_cancel_withdraws_it(
         assert (await cli(daemon, "tasks", "list"))["tasks"] == []
     requeued = [p for p in d.of("ivr/acd/task/status/slow-1") if p["event"] == "TaskRequeued"]
     assert [p["reason"] for p in requeued] == ["timeout", "declined"]
+
+
+async def test_tasks_outlive_a_sigkilled_daemon(daemon: Daemon, broker: PrivateBroker) -> None:
+    """Killed with one chat being worked and one offered: the new daemon queues the offered
+    one again (to the agent once logged in again) and leaves the worked one with its agent."""
+    kept_file = daemon.db.with_name(f"{daemon.db.stem}.tasks.json")
+    async with desk(broker.port) as d:
+        await cli(daemon, "agents", "login", "1008")  # cards 5, chat 3
+        await cli(daemon, *chat("chat-1"))
+        await d.wait("ivr/agent/1008/task", offered("chat-1"))
+        await d.reply("1008", "chat-1", "accept")
+        await d.wait("ivr/acd/task/status/chat-1", lambda p: p["event"] == "TaskAccepted")
+        await cli(daemon, *chat("chat-2"))
+        await d.wait("ivr/agent/1008/task", offered("chat-2"))  # not accepted before the kill
+        kept = json.loads(kept_file.read_text())["tasks"]
+        daemon.kill()
+        await asyncio.to_thread(daemon.start)
+        listed = {t["id"]: t["state"] for t in (await cli(daemon, "tasks", "list"))["tasks"]}
+        assert listed == {"chat-2": "waiting"}  # agents logged in by hand come back out
+        offers = [p for p in d.of("ivr/agent/1008/task") if p.get("event") == "TaskOffered"]
+        await cli(daemon, "agents", "login", "1008")
+        await d.wait(
+            "ivr/agent/1008/task",
+            lambda p: offered("chat-2")(p) and p["offer"] == 1 and p not in offers,
+        )
+        await d.reply("1008", "chat-2", "accept")
+        await d.reply("1008", "chat-2", "done")
+        await d.wait("ivr/acd/task/status/chat-2", lambda p: p["event"] == "TaskDone")
+        # The chat worked across the restart is the agent's; this daemon never had it.
+        await d.reply("1008", "chat-1", "done")
+        refused = await d.wait(
+            "ivr/agent/1008/task", lambda p: p.get("event") == "TaskReplyRefused"
+        )
+        assert refused["task_id"] == "chat-1"
+        assert json.loads(kept_file.read_text())["tasks"] == {}
+    assert {k: (v["state"], v["agent"]) for k, v in kept.items()} == {
+        "chat-1": ("working", "1008"),
+        "chat-2": ("offered", "1008"),
+    }
+    assert kept["chat-2"]["task"]["customer"]["number"] == "13800138000"
+    assert "6222021234567890" not in kept_file.read_text()  # masked, as agents see it
+    logs = daemon.logs()
+    assert "1 task(s) from before the restart queued again, 1 left with the agents" in logs
+    assert "task chat-1 was being worked by agent 1008 when the daemon stopped" in logs
