@@ -59,7 +59,18 @@ def service(tmp_path: Path) -> tuple[AcdService, FakePlacer]:
     return s, placer
 
 
-def caller_asks_for_a_callback(router: Router, call_id: str, caller: str = NUMBER) -> None:
+def callback_router(keeper: CallbackFile, **options: float) -> tuple[Router, FakePlacer]:
+    """A router keeping its callbacks in `keeper`, placing them with a FakePlacer."""
+    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher(), **options)
+    placer = FakePlacer()
+    router.callback_placer = placer
+    router.callback_keeper = keeper
+    return router, placer
+
+
+def caller_asks_for_a_callback(
+    router: Router, call_id: str, caller: str = NUMBER, *, hang_up: bool = True
+) -> None:
     router.register(
         call_id,
         queue="general",
@@ -71,7 +82,8 @@ def caller_asks_for_a_callback(router: Router, call_id: str, caller: str = NUMBE
     )
     router.call_waiting(call_id, f"PJSIP/trunk-{call_id}")
     assert router.key_pressed(call_id, "1") == "callback"
-    router.channel_gone(f"PJSIP/trunk-{call_id}")  # hangs up after the confirmation
+    if hang_up:
+        router.channel_gone(f"PJSIP/trunk-{call_id}")  # hangs up after the confirmation
 
 
 def on_disk(store: Path) -> dict[str, Any]:
@@ -127,11 +139,8 @@ async def test_a_failed_callback_is_kept_with_its_retry_time_and_retried_after_a
     tmp_path: Path,
 ) -> None:
     keeper = CallbackFile(tmp_path / "ivr.callbacks.json")
-    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
+    router, placer = callback_router(keeper)
     router.callback_retry_after = 0.5
-    placer = FakePlacer()
-    router.callback_placer = placer
-    router.callback_keeper = keeper
     async with router:
         router.login("1001")
         router.pause("1001", "x")
@@ -145,10 +154,7 @@ async def test_a_failed_callback_is_kept_with_its_retry_time_and_retried_after_a
         assert kept.attempts == 1
         assert kept.not_before == pytest.approx(time.time() + 0.5, abs=0.1)
     # The daemon dies before the retry; the new one waits for the retry's time, then calls.
-    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
-    placer = FakePlacer()
-    router.callback_placer = placer
-    router.callback_keeper = keeper
+    router, placer = callback_router(keeper)
     async with router:
         router.login("1001")
         assert router.restore_callbacks(keeper.load()) == []
@@ -169,9 +175,7 @@ async def test_a_callback_the_acd_refuses_now_stays_kept_and_is_said_loudly(
     broken = KeptCallback(
         "old", "general", "mandarin >= (", 5, "cmn", "13900000000", {}, time.time() - 60
     )
-    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
-    router.callback_placer = FakePlacer()
-    router.callback_keeper = keeper
+    router, _ = callback_router(keeper)
     async with router:
         assert router.restore_callbacks({"old": broken}) == ["old"]
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -199,9 +203,7 @@ async def test_an_unreadable_file_is_set_aside_and_a_write_failure_is_logged(
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
-    router.callback_placer = FakePlacer()
-    router.callback_keeper = keeper
+    router, _ = callback_router(keeper)
     async with router:
         router.login("1001")
         router.pause("1001", "x")
@@ -223,24 +225,11 @@ async def test_a_caller_who_hangs_up_as_told_while_an_agent_is_rung_is_still_cal
     confirmation: the ring is for the live call. The caller then hangs up as told: the ring is
     withdrawn and the callback stays owed, queued as a callback."""
     keeper = CallbackFile(tmp_path / "ivr.callbacks.json")
-    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
-    placer = FakePlacer()
-    router.callback_placer = placer
-    router.callback_keeper = keeper
+    router, placer = callback_router(keeper)
     async with router:
         router.login("1001")
         router.pause("1001", "x")
-        router.register(
-            "c1",
-            queue="general",
-            requirement="mandarin",
-            priority=5,
-            language="cmn",
-            screen_pop={},
-            caller=NUMBER,
-        )
-        router.call_waiting("c1", "PJSIP/trunk-c1")
-        assert router.key_pressed("c1", "1") == "callback"
+        caller_asks_for_a_callback(router, "c1", hang_up=False)
         router.resume("1001")  # rung for the caller still on the line
         assert router.calls["c1"].state == "ringing" and router.calls["c1"].channel
         router.channel_gone("PJSIP/trunk-c1")
@@ -259,12 +248,7 @@ async def test_a_restart_waits_out_a_ring_placed_before_it_and_an_answer_to_it_i
     now = time.time()
     rung = KeptCallback("c1", "general", "mandarin", 5, "cmn", NUMBER, {}, now - 30, placed=now)
     keeper.keep_callbacks({"c1": rung})
-    router = Router(
-        Roster.parse(ROSTER), FakePbx(), FakePublisher(), ring_timeout=0.3, guard_margin=0.2
-    )
-    placer = FakePlacer()
-    router.callback_placer = placer
-    router.callback_keeper = keeper
+    router, placer = callback_router(keeper, ring_timeout=0.3, guard_margin=0.2)
     caplog.set_level(logging.INFO)
     async with router:
         router.login("1001")
@@ -287,9 +271,7 @@ async def test_a_retry_the_acd_refuses_when_it_is_due_stays_kept(
         "old", "general", "mandarin >= (", 5, "cmn", NUMBER, {}, time.time() - 60, 1,
         not_before=time.time() + 0.2,
     )  # fmt: skip
-    router = Router(Roster.parse(ROSTER), FakePbx(), FakePublisher())
-    router.callback_placer = FakePlacer()
-    router.callback_keeper = keeper
+    router, _ = callback_router(keeper)
     async with router:
         assert router.restore_callbacks({"old": later}) == []  # not due yet: not tried
         await asyncio.sleep(0.4)
