@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from acd.router import KeptAgent
 from ivr_engine.queue_log import store_path
-from ivr_engine.state_file import StateFile
+from ivr_engine.state_file import StateFile, Unreadable, dump, entries_of
 
 if TYPE_CHECKING:
     from ivr_engine.acd_gateway import AcdService
@@ -51,7 +50,7 @@ PAUSED = "paused"
 LOGGED_OUT = "logged-out"
 
 
-class UnreadableState(ValueError):
+class UnreadableState(Unreadable):
     """The file is not an agent state file this version writes."""
 
 
@@ -67,21 +66,14 @@ def encode(kept: Mapping[str, KeptAgent]) -> bytes:
             agents[agent_id] = {"state": LOGGED_OUT, "since": round(k.since, 3)}
         else:
             agents[agent_id] = {"state": PAUSED, "reason": k.reason, "since": round(k.since, 3)}
-    body = {"version": VERSION, "agents": agents}
-    return (json.dumps(body, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    return dump(VERSION, "agents", agents)
 
 
 def decode(data: bytes) -> dict[str, KeptAgent]:
     """Raise `UnreadableState` naming what is wrong."""
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8
-        raise UnreadableState(f"not JSON: {exc}") from None
-    if not isinstance(body, dict) or body.get("version") != VERSION:
-        raise UnreadableState(f"not a version {VERSION} agent state object")
-    agents = body.get("agents")
-    if not isinstance(agents, dict):
-        raise UnreadableState("no 'agents' object")
+    agents = entries_of(
+        data, version=VERSION, key="agents", what="agent state", error=UnreadableState
+    )
     out: dict[str, KeptAgent] = {}
     for agent_id, entry in agents.items():
         if not isinstance(entry, dict):
@@ -117,14 +109,7 @@ class AgentStateFile(StateFile):
 
     def load(self) -> dict[str, KeptAgent]:
         """What the file keeps; {} when there is none, or when it cannot be read (logged)."""
-        data = self.read()
-        if data is None:
-            return {}
-        try:
-            return decode(data)
-        except UnreadableState as exc:
-            self.unreadable(str(exc))
-            return {}
+        return self.load_with(decode)
 
     def keep(self, kept: Mapping[str, KeptAgent]) -> None:
         """Replace the file with `kept`. Never raises for storage reasons: logs an ERROR."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from acd.router import KeptCallback
 from ivr_engine.queue_log import store_path
-from ivr_engine.state_file import StateFile
+from ivr_engine.state_file import StateFile, Unreadable, dump, entries_of
 
 if TYPE_CHECKING:
     from ivr_engine.acd_gateway import AcdService
@@ -50,7 +49,7 @@ VERSION = 1
 _TEXT = ("queue", "requirement", "language", "caller")
 
 
-class UnreadableCallbacks(ValueError):
+class UnreadableCallbacks(Unreadable):
     """The file is not a callback file this version writes."""
 
 
@@ -74,8 +73,7 @@ def encode(kept: Mapping[str, KeptCallback]) -> bytes:
             "not_before": round(k.not_before, 3),
             "placed": round(k.placed, 3),
         }
-    body = {"version": VERSION, "callbacks": callbacks}
-    return (json.dumps(body, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    return dump(VERSION, "callbacks", callbacks)
 
 
 def _time(call_id: str, entry: Mapping[str, Any], key: str) -> float:
@@ -94,15 +92,9 @@ def _count(call_id: str, entry: Mapping[str, Any], key: str) -> int:
 
 def decode(data: bytes) -> dict[str, KeptCallback]:
     """Raise `UnreadableCallbacks` naming what is wrong."""
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8
-        raise UnreadableCallbacks(f"not JSON: {exc}") from None
-    if not isinstance(body, dict) or body.get("version") != VERSION:
-        raise UnreadableCallbacks(f"not a version {VERSION} callback object")
-    callbacks = body.get("callbacks")
-    if not isinstance(callbacks, dict):
-        raise UnreadableCallbacks("no 'callbacks' object")
+    callbacks = entries_of(
+        data, version=VERSION, key="callbacks", what="callback", error=UnreadableCallbacks
+    )
     out: dict[str, KeptCallback] = {}
     for call_id, entry in callbacks.items():
         if not isinstance(entry, dict):
@@ -151,14 +143,7 @@ class CallbackFile(StateFile):
 
     def load(self) -> dict[str, KeptCallback]:
         """What the file keeps; {} when there is none, or when it cannot be read (logged)."""
-        data = self.read()
-        if data is None:
-            return {}
-        try:
-            return decode(data)
-        except UnreadableCallbacks as exc:
-            self.unreadable(str(exc))
-            return {}
+        return self.load_with(decode)
 
     def keep_callbacks(self, kept: Mapping[str, KeptCallback]) -> None:
         """Replace the file with `kept`. Never raises for storage reasons: logs an ERROR."""

@@ -5,11 +5,42 @@ file or the new one (and at most a temporary file, removed when the file is next
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Unreadable(ValueError):
+    """A state file that is not one this version writes; the message says what is wrong."""
+
+
+def dump(version: int, key: str, entries: dict[str, Any]) -> bytes:
+    """A state file's bytes: `{"version": version, key: entries}`, UTF-8 JSON."""
+    body = {"version": version, key: entries}
+    return (json.dumps(body, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+
+def entries_of(
+    data: bytes, *, version: int, key: str, what: str, error: type[Unreadable]
+) -> dict[str, Any]:
+    """The entries object of a file `dump` wrote; raise `error` naming what is wrong."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8
+        raise error(f"not JSON: {exc}") from None
+    if not isinstance(body, dict) or body.get("version") != version:
+        raise error(f"not a version {version} {what} object")
+    entries = body.get(key)
+    if not isinstance(entries, dict):
+        raise error(f"no {key!r} object")
+    return entries
 
 
 def write_whole(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -82,6 +113,18 @@ class StateFile:
         except OSError as exc:
             self.unreadable(str(exc))
             return None
+
+    def load_with(self, decode: Callable[[bytes], dict[str, T]]) -> dict[str, T]:
+        """What the file keeps, decoded; {} when there is none, or when it cannot be read or
+        `decode` finds it `Unreadable` (logged, and the file set aside)."""
+        data = self.read()
+        if data is None:
+            return {}
+        try:
+            return decode(data)
+        except Unreadable as exc:
+            self.unreadable(str(exc))
+            return {}
 
     def unreadable(self, why: str) -> None:
         log.error(

@@ -32,20 +32,19 @@ callback files; failures are logged and routing goes on (`state_file.StateFile`)
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ivr_engine.state_file import StateFile
+from ivr_engine.state_file import StateFile, Unreadable, dump, entries_of
 
 VERSION = 1
 STATES = ("waiting", "offered", "working")
 
 
-class UnreadableTasks(ValueError):
+class UnreadableTasks(Unreadable):
     """The file is not a task file this version writes."""
 
 
@@ -77,22 +76,13 @@ def encode(kept: Mapping[str, KeptTask]) -> bytes:
         }
         for task_id, k in sorted(kept.items())
     }
-    body = {"version": VERSION, "tasks": tasks}
-    return (json.dumps(body, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    return dump(VERSION, "tasks", tasks)
 
 
 def decode(data: bytes) -> dict[str, KeptTask]:
     """Raise `UnreadableTasks` naming what is wrong (the submissions themselves are checked
     when restored, by the submission's own validation)."""
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8
-        raise UnreadableTasks(f"not JSON: {exc}") from None
-    if not isinstance(body, dict) or body.get("version") != VERSION:
-        raise UnreadableTasks(f"not a version {VERSION} task object")
-    tasks = body.get("tasks")
-    if not isinstance(tasks, dict):
-        raise UnreadableTasks("no 'tasks' object")
+    tasks = entries_of(data, version=VERSION, key="tasks", what="task", error=UnreadableTasks)
     out: dict[str, KeptTask] = {}
     for task_id, entry in tasks.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("task"), dict):
@@ -122,14 +112,7 @@ class TaskFile(StateFile):
 
     def load(self) -> dict[str, KeptTask]:
         """What the file keeps; {} when there is none, or when it cannot be read (logged)."""
-        data = self.read()
-        if data is None:
-            return {}
-        try:
-            return decode(data)
-        except UnreadableTasks as exc:
-            self.unreadable(str(exc))
-            return {}
+        return self.load_with(decode)
 
     def keep_tasks(self, kept: Mapping[str, KeptTask]) -> None:
         """Replace the file with `kept`. Never raises for storage reasons: logs an ERROR."""

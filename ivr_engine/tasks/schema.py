@@ -152,7 +152,8 @@ class TaskRequest:
     body: str = ""
     callback_number: str = ""
 
-    def view(self) -> dict[str, Any]:
+    def _fields(self, customer: dict[str, Any] | None) -> dict[str, Any]:
+        """What `view` and `submission` share: card numbers in the subject and body masked."""
         out: dict[str, Any] = {
             "id": self.id,
             "channel": self.channel,
@@ -160,12 +161,17 @@ class TaskRequest:
             "skills": self.skills,
             "priority": self.priority,
             "language": self.language,
-            "customer": self.customer.view(),
         }
+        if customer is not None:
+            out["customer"] = customer
         if self.subject:
             out["subject"] = mask_cards(self.subject)
         if self.body:
             out["body"] = mask_cards(self.body)
+        return out
+
+    def view(self) -> dict[str, Any]:
+        out = self._fields(self.customer.view())
         if self.callback_number:
             out["callback_number"] = mask_number(self.callback_number)
         return out
@@ -174,23 +180,9 @@ class TaskRequest:
         """The request as a submission again (what a restarted daemon submits anew,
         tasks/keep.py): the customer's number and address whole, as the callback and the
         agents need them; card numbers in the subject and body masked, as agents see them."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "channel": self.channel,
-            "queue": self.queue,
-            "skills": self.skills,
-            "priority": self.priority,
-            "language": self.language,
-        }
         c = self.customer
         customer = {"number": c.number, "name": c.name, "email": c.email, "cif": c.cif}
-        customer = {key: value for key, value in customer.items() if value}
-        if customer:
-            out["customer"] = customer
-        if self.subject:
-            out["subject"] = mask_cards(self.subject)
-        if self.body:
-            out["body"] = mask_cards(self.body)
+        out = self._fields({key: value for key, value in customer.items() if value} or None)
         if self.callback_number:
             out["callback_number"] = self.callback_number
         return out
