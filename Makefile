@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STATE := .state
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := python3-venv python3-dev gcc debootstrap espeak-ng sox libsox-fmt-base mosquitto mosquitto-clients procps iproute2 git libjemalloc2
+APT_PACKAGES := python3-venv python3-dev gcc debootstrap espeak-ng sox libsox-fmt-base mosquitto mosquitto-clients procps iproute2 git
 
 .PHONY: demo test setup system venv services pbx prompts lint bench audit clean-pbx
 

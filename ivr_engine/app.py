@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ivr_engine import allocator, region
+from ivr_engine import region
 from ivr_engine.agi_channel import AgiCallChannel
 from ivr_engine.audit import AuditLog
 from ivr_engine.cif.store import CifStore
@@ -124,7 +124,6 @@ class Engine:
         )
         flows = self.registry.current()  # a flow set that does not load stops start-up here
         region.warm()  # the geocoder's data: loaded before the first caller, not by them
-        log.info("%s", allocator.describe())
         for p in (s.store.path, s.store.audit_path):
             self.path(p).parent.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:

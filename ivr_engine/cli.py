@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from ivr_engine import __version__, allocator, config
+from ivr_engine import __version__, config
 from ivr_engine import commands as commands_pkg
 from ivr_engine import log as logsetup
 from ivr_engine.errors import AmiLoginError, ConfigError, IvrError
@@ -88,7 +88,6 @@ def _check_log_level(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    allocator.restore()  # after a restart on jemalloc: before anything starts a program
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -106,9 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if getattr(args, "long_running", False) and argv is None:
-        # The daemon and the ACD bench: once, on jemalloc with huge pages (allocator.py).
-        allocator.restart_on_jemalloc(args.settings.acd.allocator)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

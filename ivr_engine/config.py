@@ -99,9 +99,7 @@ class AcdSettings:
     operator key only where the roster's queue has `operator: true`). `callback_dial` is the
     PBX dial string of a customer's number for callbacks ({number} is replaced).
     `recordings_dir` is where Asterisk's MixMonitor writes agent calls, as Asterisk sees the
-    path (in the dev PBX: inside its root). `allocator`: `jemalloc` (the daemon and the ACD
-    bench start again at once on jemalloc with transparent huge pages where the host has both;
-    ivr_engine/allocator.py) or `python` (CPython's own allocator)."""
+    path (in the dev PBX: inside its root)."""
 
     enabled: bool = True
     roster: str = "asterisk-conf/agents.yaml"
@@ -115,7 +113,6 @@ class AcdSettings:
     callback_retries: int = 1
     callback_retry_after: float = 60.0
     recordings_dir: str = "/var/spool/asterisk/monitor/acd"
-    allocator: str = "jemalloc"
 
     def __post_init__(self) -> None:
         checks = (
@@ -141,7 +138,6 @@ class AcdSettings:
             ("callback_retries", 0 <= self.callback_retries <= 5, "between 0 and 5"),
             ("callback_retry_after", self.callback_retry_after >= 0, "0 or more seconds"),
             ("recordings_dir", self.recordings_dir.startswith("/"), "an absolute path"),
-            ("allocator", self.allocator in ("jemalloc", "python"), "jemalloc or python"),
         )
         for key, ok, want in checks:
             if not ok:

@@ -10,7 +10,6 @@ import argparse
 import json
 from typing import Any
 
-from ivr_engine import allocator
 from ivr_engine.errors import ConfigError
 
 
@@ -92,7 +91,6 @@ def _bench(args: argparse.Namespace) -> int:
     if args.repeats is not None and args.repeats < 1:
         raise ConfigError("--repeats must be >= 1", source="command line")
     result = bench.run(quick=args.quick, seed=args.seed, repeats=args.repeats)
-    result["summary"]["memory"] = allocator.in_use()  # measured on it: say which
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -155,7 +153,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="timed replays per size; each event's figure is its median (default 3, quick 1)",
     )
-    b.set_defaults(func=_bench, long_running=True)
+    b.set_defaults(func=_bench)
     lat = cmds.add_parser(
         "latency",
         help="router decision latency (event in -> Redirect) with agents busy and calls waiting",

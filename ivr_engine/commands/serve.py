@@ -80,7 +80,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the daemon: FastAGI for calls, AMI, MQTT")
-    p.set_defaults(func=_serve, long_running=True)
+    p.set_defaults(func=_serve)
     d = sub.add_parser(
         "demo",
         help="bring up the dev PBX, seed the demo customers, build prompts, run the daemon",
@@ -92,4 +92,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_false",
         help="do not place the demo call (Chen reaching agent 1002) once the daemon is up",
     )
-    d.set_defaults(func=_demo, long_running=True)
+    d.set_defaults(func=_demo)
