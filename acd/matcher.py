@@ -152,11 +152,14 @@ class _Slot:
 class _KHeap(_Heap):
     """One strategy's heap of idle agents in a slot."""
 
-    __slots__ = ("slot", "cursor", "code", "score_skills")
+    __slots__ = ("inbox", "cursor", "code", "score_skills")
 
     def __init__(self, slot: _Slot, code: int, score_skills: tuple[str, ...]) -> None:
         super().__init__()
-        self.slot = slot
+        # The slot's inbox (compaction keeps the list object), not the slot: a slot refers to
+        # its heaps, and no reference back means no cycle, so a dropped matcher is freed by
+        # reference counting alone, without the cyclic collector.
+        self.inbox = slot.inbox
         self.cursor = 0  # inbox position pulled so far
         self.code = code
         self.score_skills = score_skills
@@ -244,7 +247,9 @@ class _Agent:
         self.idx = idx
         self.state = LOGGED_OUT
         self.reason: str | None = None
-        self.offer: _Call | None = None
+        # The ringing call's id: an id, not the call, which refers to its ringing agents (no
+        # cycle between the two).
+        self.offer: str | None = None
         self.avail_since = 0.0
         self.busy_time = 0.0
         self.busy_start = 0.0
@@ -697,7 +702,7 @@ class Matcher:
 
     def _pull(self, heap: _KHeap) -> None:
         """Bring a strategy heap up to date with its slot's inbox (live entries only)."""
-        inbox = heap.slot.inbox
+        inbox = heap.inbox
         start = heap.cursor
         if start >= len(inbox):
             return
@@ -801,7 +806,7 @@ class Matcher:
             self._move(ag, "offer", RESERVED)  # raises IllegalTransition
         ag.state = RESERVED
         self._idle[ag.idx] = None
-        ag.offer = call
+        ag.offer = call.id
         self._offer_seq += 1
         ag.last_offer = self._offer_seq
         call.state = OFFERED
@@ -855,7 +860,7 @@ class Matcher:
                 idx = best[1]
             else:
                 for heap in members:
-                    if heap.cursor < len(heap.slot.inbox):
+                    if heap.cursor < len(heap.inbox):
                         self._pull(heap)
                     if not heap:
                         continue
@@ -1037,7 +1042,7 @@ class Matcher:
         ag = self._agents.get(agent_id)
         if ag is None:
             ag = self._agent(agent_id)  # raises
-        if call.state != OFFERED or ag.offer is not call:
+        if call.state != OFFERED or ag.offer != call_id:
             raise InvalidEvent(f"call {call_id} is not ringing agent {agent_id}")
         return call, ag
 
@@ -1265,7 +1270,7 @@ class Matcher:
                 if not call.agents:
                     raise InvariantViolation(f"call {call.id} offered to nobody")
                 for ag in call.agents:
-                    if ag.offer is not call or ag.state is not RESERVED:
+                    if ag.offer != call.id or ag.state is not RESERVED:
                         raise InvariantViolation(f"call {call.id}: agent {ag.id} not reserved")
             elif call.state == CONNECTED:
                 if call.agent is None or self._load(call.agent, call.channel) < 1:
@@ -1297,7 +1302,10 @@ class Matcher:
         for ag in self._agents.values():
             if (ag.state is RESERVED) != (ag.offer is not None):
                 raise InvariantViolation(f"agent {ag.id}: state {ag.state} vs offer {ag.offer}")
-            if ag.offer is not None and (ag.offer.state != OFFERED or ag not in ag.offer.agents):
+            ringing = None if ag.offer is None else self._calls.get(ag.offer)
+            if ag.offer is not None and (
+                ringing is None or ringing.state != OFFERED or ag not in ringing.agents
+            ):
                 raise InvariantViolation(f"agent {ag.id}: stuck reserved")
             if ag.excl is not None and (ag.excl not in ag.channels or ag.total != 1):
                 raise InvariantViolation(f"agent {ag.id}: {ag.excl} beside other work")

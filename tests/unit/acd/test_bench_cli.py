@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from acd import bench
+from acd.agent_state import AgentState
 from acd.matcher import Matcher
+from acd.model import Strategy
 from ivr_engine import cli
 
 
@@ -66,20 +68,28 @@ def test_warm_up_leaves_a_centre_near_saturation_without_a_backlog() -> None:
 
 def test_matcher_leaves_no_cyclic_garbage() -> None:
     """Why the bench (and an ACD process) may run without the cyclic collector: a whole
-    trace through the matcher leaves nothing for it to find."""
-    driver = bench._Driver(200, seed=4)
-    trace = driver.run(3_000, warm_arrivals=190)
-    assert trace.offers > 0
-    matcher = Matcher(_Timers(), max_misses=2)
-    for q in trace.queues:
-        matcher.add_queue(q)
+    trace through the matcher leaves nothing for it to find, nor does the matcher itself once
+    dropped with calls still ringing and waiting, nor the recording driver."""
     gc.collect()
     was = gc.isenabled()
     gc.disable()
     try:
+        trace = bench.generate(200, 3_000, seed=4)
+        assert gc.collect() == 0  # the driver, its clock and its matcher are gone already
+        assert trace.offers > 0
+        matcher = Matcher(_Timers(), max_misses=2)
+        for q in trace.queues:
+            matcher.add_queue(q)
         for method, args in trace.events:
             getattr(matcher, method)(*args)
         assert gc.collect() == 0  # every call and offer was freed by reference counting
+        kinds = {q.strategy for q in trace.queues}
+        assert Strategy.LONGEST_IDLE in kinds and len(kinds) > 2  # slots with strategy heaps
+        ringing = [a for a in matcher.agent_ids() if matcher.agent_state(a) is AgentState.RESERVED]
+        waiting = sum(matcher.waiting(q.id) for q in trace.queues)
+        assert ringing and waiting  # dropped mid-stream: offers ringing, calls waiting
+        del matcher
+        assert gc.collect() == 0
     finally:
         if was:
             gc.enable()
