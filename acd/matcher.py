@@ -91,7 +91,10 @@ STRATEGY_CODE = {
 NO_ANSWER_REASON = "no-answer"
 MIN_COMPACT = 64  # a heap is compacted when it grows past max(this, 2 x its live size)
 INBOX_MIN = 256  # a slot's inbox is compacted when it grows past max(this, 2 x live)
-STALE_POPS = 32  # stale heads popped in one query before the whole heap is compacted instead
+# Stale heads popped in one query before the whole heap may be compacted instead: at once if
+# half of a sample of STALE_SAMPLE entries is stale, else after an eighth of the heap.
+STALE_POPS = 32
+STALE_SAMPLE = 8
 
 Kind = tuple[int, tuple[str, ...]]
 
@@ -686,9 +689,16 @@ class Matcher:
                 self._compact_slot(slot)
 
     def _compact_slot(self, slot: _Slot) -> None:
-        """Keep only the live inbox entries (in order); strategy heaps keep what they pulled."""
+        """Keep only the live inbox entries (in order); strategy heaps keep what they pulled.
+
+        An inbox that was mostly live (a bulk login, agents announced faster than they are
+        taken) may next grow to four times its size instead of two: the scans that found
+        nothing to drop then cost a third as much, and the inbox still holds at most four
+        entries per live one.
+        """
         idle = self._idle
         inbox = slot.inbox
+        before = len(inbox)
         if not slot.heaps:
             inbox[:] = [e for e in inbox[slot.head :] if idle[e[1]] is e]
         else:
@@ -698,7 +708,8 @@ class Matcher:
                 heap.cursor = bisect_left(kept, heap.cursor)
             inbox[:] = [inbox[i] for i in kept]
         slot.head = 0
-        slot.limit = max(INBOX_MIN, 2 * len(inbox))
+        live = len(inbox)
+        slot.limit = max(INBOX_MIN, (4 if 4 * live >= 3 * before else 2) * live)
 
     def _pull(self, heap: _KHeap) -> None:
         """Bring a strategy heap up to date with its slot's inbox (live entries only)."""
@@ -709,7 +720,10 @@ class Matcher:
         idle = self._idle
         agents = self._by_idx
         code = heap.code
-        push = heappush
+        # An empty heap (the first pull after a bulk login: thousands of entries) is filled as
+        # a list and heapified once, O(n), with nothing stale to compact away.
+        fresh = not heap
+        push = list.append if fresh else heappush
         for i in range(start, len(inbox)):
             item = inbox[i]
             if idle[item[1]] is not item:
@@ -729,7 +743,10 @@ class Matcher:
                 entry = (last_offer, idx, item)
             push(heap, entry)
         heap.cursor = len(inbox)
-        if len(heap) > heap.limit:
+        if fresh:
+            heapify(heap)
+            heap.limit = max(MIN_COMPACT, 2 * len(heap))
+        elif len(heap) > heap.limit:
             self._compact_agents(heap)
 
     def _agent_free(self, ag: _Agent, now: float, out: list[Decision]) -> None:
@@ -868,10 +885,21 @@ class Matcher:
                     stale = 0
                     while idle[entry[-2]] is not entry[-1]:
                         stale += 1
-                        if stale > STALE_POPS:
+                        if stale > STALE_POPS and (
+                            stale > len(heap) >> 3
+                            or (stale == STALE_POPS + 1 and self._mostly_stale(heap))
+                        ):
                             # A backlog (agents taken through their other slots since this
                             # heap was last asked): one linear clean-up instead of a pop,
-                            # O(log n) on cold memory, per stale entry.
+                            # O(log n) on cold memory, per stale entry. But a long stale run
+                            # at the head need not be a stale heap (longest-idle queues take
+                            # the agents at the head of every round-robin, fewest-calls and
+                            # least-occupied heap first, and a burst of calls does that
+                            # hundreds of times over), and compacting a heap to drop a few
+                            # per cent of it is all loss: compact at once if a sample of the
+                            # heap is mostly stale, else only once the pops have cost about
+                            # what the clean-up will (ski rental: an entry scanned costs a
+                            # sixth of a stale pop, measured).
                             self._compact_agents(heap)
                         else:
                             pop(heap)
@@ -1190,6 +1218,17 @@ class Matcher:
         else:
             raise InvalidEvent(f"unknown timer {key!r}")
         return out
+
+    def _mostly_stale(self, heap: _Heap) -> bool:
+        """Whether at least half of `STALE_SAMPLE` entries spread over the heap are stale."""
+        idle = self._idle
+        n = len(heap)
+        stale = 0
+        for j in range(1, 2 * STALE_SAMPLE, 2):
+            entry = heap[j * n // (2 * STALE_SAMPLE)]
+            if idle[entry[-2]] is not entry[-1]:
+                stale += 1
+        return 2 * stale >= STALE_SAMPLE
 
     def _compact_agents(self, heap: _Heap) -> None:
         """Drop stale idle entries and restore the heap property (amortised O(1) per push)."""

@@ -314,15 +314,16 @@ def test_matcher_decides_like_reference(
 def test_tiny_limits_exercise_compaction_and_inbox_trimming(
     queues: list[QueueSpec], agents: list[tuple[dict[str, int], dict[str, int]]], data: Any
 ) -> None:
-    """Same comparison with heaps compacted and inboxes trimmed every few pushes."""
-    saved = matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN
-    matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN = 2, 2
+    """Same comparison with heaps compacted and inboxes trimmed every few pushes, and a
+    strategy heap compacted as soon as a query meets a stale head."""
+    saved = matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN, matcher_module.STALE_POPS
+    matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN, matcher_module.STALE_POPS = 2, 2, 0
     try:
         test_matcher_decides_like_reference.hypothesis.inner_test(  # type: ignore[attr-defined]
             queues, agents, data
         )
     finally:
-        matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN = saved
+        matcher_module.MIN_COMPACT, matcher_module.INBOX_MIN, matcher_module.STALE_POPS = saved
 
 
 def _fields(q: QueueSpec) -> dict[str, Any]:
