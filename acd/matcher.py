@@ -238,12 +238,23 @@ class _Queue:
         self.ring_limit = spec.ring_all_limit if self.ring_all else 1
 
 
-class _Agent:
+class _AgentCore:
+    """What offers, answers, call ends, wrap-ups and an agent freeing up for a waiting call read
+    and write on an agent, apart from the rest. CPython lays out a class's slots in alphabetical
+    order, after its base's, so these 14 fill exactly the first two cache lines of the object
+    (its header included; pymalloc places an agent 64-byte aligned) instead of being spread over
+    four. At 100,000 agents each line an event touches is a cache miss."""
+
     __slots__ = (
-        "id", "idx", "spec", "skills", "capacity", "channels", "shared", "load", "excl", "total",
-        "state", "reason", "offer", "avail_since", "busy_time", "busy_start",
-        "login_time", "handled", "last_offer", "misses", "wrap_epoch", "reqs", "occ",
-        "slots", "call_heaps", "all_slots", "all_heaps",
+        "all_heaps", "avail_since", "busy_start", "busy_time", "excl", "handled", "id", "idx",
+        "last_offer", "misses", "offer", "state", "total", "wrap_epoch",
+    )  # fmt: skip
+
+
+class _Agent(_AgentCore):
+    __slots__ = (
+        "spec", "skills", "capacity", "channels", "shared", "load", "reason", "login_time",
+        "reqs", "occ", "slots", "call_heaps", "all_slots",
     )  # fmt: skip
 
     def __init__(self, spec: AgentSpec, idx: int):
@@ -769,16 +780,19 @@ class Matcher:
 
     def _agent_free(self, ag: _Agent, now: float, out: list[Decision]) -> None:
         """The agent may have room for work: give it the best waiting call, or queue it idle."""
-        if ag.state is READY and ag.offer is None:
-            chans = ag.channels
-        else:
+        # A READY agent (every channel free) reads neither its channels nor its per-channel
+        # heaps until it goes idle: `all_heaps` shares the agent's hot cache lines, they do not.
+        chans: tuple[str, ...] | None = None
+        if ag.state is not READY or ag.offer is not None:
             chans = self._channels_free(ag)
             if not chans:
                 return
+            if chans is ag.channels:
+                chans = None
         if self._nonempty:
             best: tuple[int, float, int] | None = None
             best_heap: _Heap | None = None
-            if chans is ag.channels:
+            if chans is None:
                 heaps: Iterable[_Heap] = ag.all_heaps
             else:
                 call_heaps = ag.call_heaps
@@ -794,7 +808,7 @@ class Matcher:
                 self._dequeue(call)
                 self._offer(call, ag, out)
                 return
-        self._push_idle(ag, now, chans)
+        self._push_idle(ag, now, ag.channels if chans is None else chans)
 
     def _dequeue(self, call: _Call) -> None:
         """A waiting call stops waiting (its heap entry becomes stale)."""
