@@ -575,7 +575,10 @@ def _collect() -> None:
 class _NoGc:
     """The cyclic collector off (and the traces frozen) while a bench runs: neither matcher
     leaves cyclic garbage per event, and collections traversing the recorded traces (millions
-    of objects at 100,000 agents) would land on random events."""
+    of objects at 100,000 agents) would land on random events. Once recorded, the traces are
+    frozen with no collection first: the recording driver and its matcher hold no cycle and
+    are already freed by reference counting (test_bench_cli.py), so a collection would only
+    walk the traces, seconds of work at 100,000 agents."""
 
     def __enter__(self) -> None:
         self.was = gc.isenabled()
@@ -655,10 +658,7 @@ def measure(
     """Generate, time (`repeats` replays) and check one size."""
     with _NoGc():
         trace = generate(n_agents, steady, seed)
-        # The recording driver and its matcher were freed by reference counting (they hold no
-        # cycle: test_bench_cli.py), so the collector has nothing to find; a collection here
-        # would only walk the traces (millions of objects at 100,000 agents, seconds of work).
-        gc.freeze()
+        gc.freeze()  # the traces: see _NoGc
         replays = []
         for _ in range(repeats):
             replays.append(replay_timed(trace))
@@ -692,10 +692,7 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
             t0 = time.perf_counter()
             traces[n] = generate(n, steady, seed)
             seconds[n]["generate"] = round(time.perf_counter() - t0, 2)
-        # The recording driver and its matcher were freed by reference counting (they hold no
-        # cycle: test_bench_cli.py), so the collector has nothing to find; a collection here
-        # would only walk the traces (millions of objects at 100,000 agents, seconds of work).
-        gc.freeze()
+        gc.freeze()  # the traces: see _NoGc
         replays: dict[int, list[Replay]] = {n: [] for n in SIZES}
         for _ in range(repeats):
             for n in SIZES:

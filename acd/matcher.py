@@ -94,8 +94,8 @@ INBOX_MIN = 256  # a slot's inbox is compacted when it grows past max(this, 2 x 
 # Stale heads popped in one query before the whole heap may be compacted instead: at once if
 # half of a sample of STALE_SAMPLE entries is stale, else after an eighth of the heap.
 STALE_POPS = 32
-INDEX_BLOCK = 4096  # agent index ints made at once (`Matcher._next_index`)
 STALE_SAMPLE = 8
+INDEX_BLOCK = 4096  # agent index ints made at once (`Matcher._next_index`)
 
 Kind = tuple[int, tuple[str, ...]]
 
@@ -115,6 +115,12 @@ class _Heap(list[Any]):
         self.limit = MIN_COMPACT
         self.live = 0  # call heaps: how many entries are live
         self.number = slot  # call heaps: position in Matcher._call_heaps
+
+    def reheap(self) -> None:
+        """Restore the heap property after the list was refilled; the next compaction is due
+        when it doubles."""
+        heapify(self)
+        self.limit = max(MIN_COMPACT, 2 * len(self))
 
 
 class _Slot:
@@ -712,8 +718,7 @@ class Matcher:
                 heappush(side, item)
                 if len(side) > side.limit:
                     side[:] = [e for e in side if idle[e[1]] is e]
-                    heapify(side)
-                    side.limit = max(MIN_COMPACT, 2 * len(side))
+                    side.reheap()
             if len(inbox) > slot.limit:
                 self._compact_slot(slot)
 
@@ -773,8 +778,7 @@ class Matcher:
             push(heap, entry)
         heap.cursor = len(inbox)
         if fresh:
-            heapify(heap)
-            heap.limit = max(MIN_COMPACT, 2 * len(heap))
+            heap.reheap()
         elif len(heap) > heap.limit:
             self._compact_agents(heap)
 
@@ -1266,14 +1270,12 @@ class Matcher:
         """Drop stale idle entries and restore the heap property (amortised O(1) per push)."""
         idle = self._idle
         heap[:] = [e for e in heap if idle[e[-2]] is e[-1]]
-        heapify(heap)
-        heap.limit = max(MIN_COMPACT, 2 * len(heap))
+        heap.reheap()
 
     def _compact_calls(self, heap: _Heap) -> None:
         live = self._live
         heap[:] = [e for e in heap if live.get(e[2]) is e]
-        heapify(heap)
-        heap.limit = max(MIN_COMPACT, 2 * len(heap))
+        heap.reheap()
 
     def settle(self) -> None:
         """Bring every idle heap up to date now (after loading a roster in bulk).
@@ -1373,11 +1375,10 @@ class Matcher:
         for ag in self._agents.values():
             if (ag.state is RESERVED) != (ag.offer is not None):
                 raise InvariantViolation(f"agent {ag.id}: state {ag.state} vs offer {ag.offer}")
-            ringing = None if ag.offer is None else self._calls.get(ag.offer)
-            if ag.offer is not None and (
-                ringing is None or ringing.state != OFFERED or ag not in ringing.agents
-            ):
-                raise InvariantViolation(f"agent {ag.id}: stuck reserved")
+            if ag.offer is not None:
+                ringing = self._calls.get(ag.offer)
+                if ringing is None or ringing.state != OFFERED or ag not in ringing.agents:
+                    raise InvariantViolation(f"agent {ag.id}: stuck reserved")
             if ag.excl is not None and (ag.excl not in ag.channels or ag.total != 1):
                 raise InvariantViolation(f"agent {ag.id}: {ag.excl} beside other work")
             if ag.total != sum(self._load(ag, c) for c in ag.channels) or any(
