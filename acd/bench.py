@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from acd.agent_state import AgentState
+from acd.hugepages import Collapse, collapse_heap, thp_mode
 from acd.matcher import Matcher
 from acd.model import (
     PRIORITY_STANDARD,
@@ -450,12 +451,15 @@ class Replay:
     loop_ns: int  # wall time of the measured events' loop, timing overhead included
     identical: bool  # the same decisions as when the trace was recorded
     mismatch: str | None = None
+    huge_pages: Collapse | None = None  # what was collapsed after the setup (None: not asked)
 
 
-def replay_timed(trace: Trace) -> Replay:
+def replay_timed(trace: Trace, *, huge_pages: bool = True) -> Replay:
     """Replay the trace through a fresh `Matcher`, timing each call after the setup.
 
-    The setup (the roster's logins, then `settle()`, as the driver did) is not timed. Bound
+    The setup (the roster's logins, then `settle()`, as the driver did) is not timed. After it,
+    as the ACD service does once its roster is loaded, the process's heap is collapsed into
+    huge pages (acd/hugepages.py) unless `huge_pages` is False. Bound
     methods and arguments are looked up before the loop, so the timed region is exactly
     `fn(*args)` between two `perf_counter_ns()` reads; nothing else runs between two calls but
     storing the sample and the decision list.
@@ -470,6 +474,7 @@ def replay_timed(trace: Trace) -> Replay:
         if getattr(m, method)(*args) != decisions[i]:
             return Replay(np.zeros(0, np.int64), 0, False, f"setup event {i} {method}")
     m.settle()
+    collapsed = collapse_heap() if huge_pages else None
     fns = [getattr(m, method) for method, _ in events[setup:]]
     argss = [args for _, args in events[setup:]]
     k = len(fns)
@@ -494,7 +499,7 @@ def replay_timed(trace: Trace) -> Replay:
         j = next(j for j in range(k) if outs[j] != decisions[setup + j])
         mismatch = f"event {setup + j} {events[setup + j][0]}: replay {outs[j]} recorded"
         mismatch += f" {decisions[setup + j]}"
-    return Replay(np.array(lat, dtype=np.int64), loop_ns, mismatch is None, mismatch)
+    return Replay(np.array(lat, dtype=np.int64), loop_ns, mismatch is None, mismatch, collapsed)
 
 
 def replay_reference(trace: Trace, events: int) -> tuple[bool, int, float, str | None]:
@@ -653,7 +658,13 @@ def summarise(
 
 
 def measure(
-    n_agents: int, steady: int, ref_events: int, seed: int, repeats: int = 3
+    n_agents: int,
+    steady: int,
+    ref_events: int,
+    seed: int,
+    repeats: int = 3,
+    *,
+    huge_pages: bool = True,
 ) -> dict[str, Any]:
     """Generate, time (`repeats` replays) and check one size."""
     with _NoGc():
@@ -661,7 +672,7 @@ def measure(
         gc.freeze()  # the traces: see _NoGc
         replays = []
         for _ in range(repeats):
-            replays.append(replay_timed(trace))
+            replays.append(replay_timed(trace, huge_pages=huge_pages))
             _collect()
         ref = replay_reference(trace, ref_events)
         return summarise(trace, replays, ref)
@@ -671,10 +682,17 @@ SIZES = (1_000, 10_000, 100_000)
 REPEATS = 3
 
 
-def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None) -> dict[str, Any]:
+def run(
+    *,
+    quick: bool = False,
+    seed: int = 20261125,
+    repeats: int | None = None,
+    huge_pages: bool = True,
+) -> dict[str, Any]:
     """Every size: record the trace, then `repeats` rounds of timed replays (each round
     replays every size, so slow spells of a shared machine hit all sizes alike), then the
-    reference. `quick` (a smoke run): shorter traces and, unless told, one round."""
+    reference. `quick` (a smoke run): shorter traces and, unless told, one round.
+    `huge_pages` False: the heap stays on the kernel's small pages (the baseline)."""
     if repeats is None:
         repeats = 1 if quick else REPEATS
     if repeats < 1:
@@ -697,7 +715,7 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
         for _ in range(repeats):
             for n in SIZES:
                 t0 = time.perf_counter()
-                replays[n].append(replay_timed(traces[n]))
+                replays[n].append(replay_timed(traces[n], huge_pages=huge_pages))
                 _collect()
                 seconds[n]["replays"] = round(
                     seconds[n].get("replays", 0.0) + time.perf_counter() - t0, 2
@@ -733,6 +751,7 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
             "growth_1k_to_100k <= 2": growth <= 2,
         },
         "host_loop_ns": [host_before, host_loop_ns()],
+        "huge_pages": _huge_pages_summary(huge_pages, replays),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     return {
@@ -743,6 +762,22 @@ def run(*, quick: bool = False, seed: int = 20261125, repeats: int | None = None
         "quick": quick,
         "repeats": repeats,
         "seed": seed,
+    }
+
+
+def _huge_pages_summary(asked: bool, replays: dict[int, list[Replay]]) -> dict[str, Any]:
+    """Whether the replays ran on huge pages, and how much of the heap was collapsed."""
+    done = [r.huge_pages for rs in replays.values() for r in rs if r.huge_pages is not None]
+    return {
+        "asked": asked,
+        "thp_mode": thp_mode(),
+        "supported": all(c.supported for c in done) if done else None,
+        "reason": next((c.reason for c in done if c.reason), ""),
+        "collapsed_mb": {
+            str(n): max((r.huge_pages.collapsed_mb for r in rs if r.huge_pages), default=0.0)
+            for n, rs in replays.items()
+        },
+        "seconds": round(sum(c.seconds for c in done), 2),
     }
 
 
@@ -760,6 +795,9 @@ METHOD = {
     "gc": "cyclic collector off while replaying; the traces are frozen (gc.freeze); the "
     "matcher holds no reference cycle, so a finished replay's is freed by reference counting, "
     "outside the timed loops",
+    "huge_pages": "after each replay's setup (logins), the process's mostly-resident anonymous "
+    "memory is collapsed into 2 MiB pages (madvise MADV_COLLAPSE, acd/hugepages.py), as the ACD "
+    "service does after loading its roster; --no-huge-pages keeps the kernel's 4 KiB pages",
     "timers": "a timer request inside a matcher call is one list append; recorded firings "
     "are replayed as timer_fired events",
     "reference": "replays a prefix of the same trace from the start; speedup compares mean "

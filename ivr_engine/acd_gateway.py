@@ -56,6 +56,7 @@ from typing import Any
 import aiomqtt
 
 from acd.errors import AcdError
+from acd.hugepages import collapse_heap
 from acd.roster import Roster
 from acd.router import Publisher, RoutedCall, Router
 from ivr_engine.acd_extensions import Extension
@@ -276,6 +277,7 @@ class AcdService:
         self._publisher = publisher
         self._mqtt = mqtt
         self._task: asyncio.Task[None] | None = None
+        self._huge: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
         self.commands_seen = 0
 
@@ -287,18 +289,42 @@ class AcdService:
             self.bridge.start()
             if self.bridge.ami_connected:  # connected before we subscribed: read state now
                 self.router.spawn(self.bridge.rebuild_all(), "acd-rebuild")
+            loop = asyncio.get_running_loop()
             if self._mqtt is not None:
-                self._task = asyncio.get_running_loop().create_task(
-                    self._commands(self._mqtt), name="acd-commands"
+                self._task = loop.create_task(self._commands(self._mqtt), name="acd-commands")
+            if self.settings.huge_pages_every:
+                self._huge = loop.create_task(
+                    self._huge_pages(self.settings.huge_pages_every), name="acd-huge-pages"
                 )
             try:
                 yield self
             finally:
                 self.bridge.close()
-                if self._task is not None:
-                    self._task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._task
+                for task in (self._task, self._huge):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+
+    async def _huge_pages(self, every: float) -> None:
+        """Keep the matcher's memory on 2 MiB pages (acd/hugepages.py): once the roster is in,
+        then every `every` seconds, for what was allocated since. In a worker thread: the
+        madvise call copies memory (about 2 s per GB the first time) and releases the GIL."""
+        while True:
+            result = await asyncio.to_thread(collapse_heap)
+            if not result.supported:
+                log.info("acd: the heap stays on 4 KiB pages: %s", result.reason)
+                return
+            log.debug(
+                "acd: %.0f MB on huge pages (%d mappings, %d sparse left alone, failures %s) "
+                "in %.3f s",
+                result.collapsed_mb,
+                result.mappings,
+                result.sparse,
+                result.failures or "none",
+                result.seconds,
+            )
+            await asyncio.sleep(every)
 
     # ------------------------------------------------------------------ waiting callers (AGI)
 

@@ -99,7 +99,9 @@ class AcdSettings:
     operator key only where the roster's queue has `operator: true`). `callback_dial` is the
     PBX dial string of a customer's number for callbacks ({number} is replaced).
     `recordings_dir` is where Asterisk's MixMonitor writes agent calls, as Asterisk sees the
-    path (in the dev PBX: inside its root)."""
+    path (in the dev PBX: inside its root). `huge_pages_every`: how often the heap (the
+    matcher's agents and heaps) is collapsed into 2 MiB pages, first once the roster is in
+    (acd/hugepages.py; 0 = never)."""
 
     enabled: bool = True
     roster: str = "asterisk-conf/agents.yaml"
@@ -113,6 +115,7 @@ class AcdSettings:
     callback_retries: int = 1
     callback_retry_after: float = 60.0
     recordings_dir: str = "/var/spool/asterisk/monitor/acd"
+    huge_pages_every: float = 600.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -138,6 +141,11 @@ class AcdSettings:
             ("callback_retries", 0 <= self.callback_retries <= 5, "between 0 and 5"),
             ("callback_retry_after", self.callback_retry_after >= 0, "0 or more seconds"),
             ("recordings_dir", self.recordings_dir.startswith("/"), "an absolute path"),
+            (
+                "huge_pages_every",
+                self.huge_pages_every == 0 or 60.0 <= self.huge_pages_every <= 86400.0,
+                "0 (never) or between 60 and 86400 seconds",
+            ),
         )
         for key, ok, want in checks:
             if not ok:

@@ -90,7 +90,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.repeats is not None and args.repeats < 1:
         raise ConfigError("--repeats must be >= 1", source="command line")
-    result = bench.run(quick=args.quick, seed=args.seed, repeats=args.repeats)
+    result = bench.run(
+        quick=args.quick, seed=args.seed, repeats=args.repeats, huge_pages=args.huge_pages
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -152,6 +154,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=None,
         help="timed replays per size; each event's figure is its median (default 3, quick 1)",
+    )
+    b.add_argument(
+        "--no-huge-pages",
+        dest="huge_pages",
+        action="store_false",
+        help="leave the heap on 4 KiB pages (the baseline; by default it is collapsed into "
+        "2 MiB pages after the logins, as the ACD service does)",
     )
     b.set_defaults(func=_bench)
     lat = cmds.add_parser(

@@ -66,6 +66,7 @@ def test_acd_settings_from_file_and_environment(tmp_path):
         ("callback_dial", "PJSIP/devtrunk", "with {number}"),
         ("callback_retries", "9", "between 0 and 5"),
         ("recordings_dir", "recordings", "an absolute path"),
+        ("huge_pages_every", "5", "0 (never) or between 60 and 86400"),
     ],
 )
 def test_bad_acd_settings_name_the_key(key, value, message):
