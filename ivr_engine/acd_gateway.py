@@ -316,11 +316,10 @@ class AcdService:
                 log.info("acd: the heap stays on 4 KiB pages: %s", result.reason)
                 return
             log.debug(
-                "acd: %.0f MB on huge pages (%d mappings, %d sparse left alone, failures %s) "
-                "in %.3f s",
+                "acd: %.0f MB on huge pages, %.0f MB too sparse left alone (failures: %s), "
+                "%.3f s",
                 result.collapsed_mb,
-                result.mappings,
-                result.sparse,
+                result.sparse_mb,
                 result.failures or "none",
                 result.seconds,
             )
