@@ -175,4 +175,3 @@ def collapse_heap(*, proc: Path = Path("/proc/self")) -> Collapse:
         failures=failures,
         seconds=round(time.perf_counter() - started, 3),
     )
-

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from heapq import heapify, heappop, heappush
 from typing import Any
 
@@ -97,6 +97,18 @@ STALE_POPS = 32
 STALE_SAMPLE = 8
 INDEX_BLOCK = 4096  # agent index ints made at once (`Matcher._next_index`)
 
+# A round-robin heap's entry is one int: last_offer << KEY_SHIFT | idx << SEQ_BITS | seq (the
+# item's announcement number), which orders as the tuple (last_offer, idx) does. A heap sift
+# then reads one object per entry instead of a tuple and its key: half the cache misses once
+# the centre outgrows the caches (a round-robin offer at 100,000 agents, popping the heads
+# that longest-idle queues took meanwhile: 30 -> 23 us). The other strategies keep tuples:
+# their keys hold floats, and packing those costs more at small sizes than it saves.
+SEQ_BITS = 48
+IDX_BITS = 32
+KEY_SHIFT = SEQ_BITS + IDX_BITS
+SEQ_MASK = (1 << SEQ_BITS) - 1
+IDX_MASK = (1 << IDX_BITS) - 1
+
 Kind = tuple[int, tuple[str, ...]]
 
 
@@ -104,8 +116,9 @@ class _Heap(list[Any]):
     """A heap (plain list for heapq) that remembers when it should be compacted next.
 
     Entries hold only numbers and tuples of numbers (a strategy heap's entry ends with the
-    idle item it was pulled from; never an agent or call object), so CPython's garbage
-    collector untracks them: millions of heap entries then cost the cyclic collector nothing.
+    idle item it was pulled from, or is one int, see KEY_SHIFT; never an agent or call
+    object), so CPython's garbage collector untracks them: millions of heap entries then cost
+    the cyclic collector nothing.
     """
 
     __slots__ = ("limit", "live", "number")
@@ -762,19 +775,20 @@ class Matcher:
             item = inbox[i]
             if idle[item[1]] is not item:
                 continue  # decided before unpacking: a stale item's numbers stay untouched
-            avail, idx, _seq, occ, handled, last_offer = item
-            if code == HP:
+            avail, idx, seq, occ, handled, last_offer = item
+            entry: Any
+            if code == RR:
+                entry = last_offer << KEY_SHIFT | idx << SEQ_BITS | seq
+            elif code == HP:
                 score = 0
                 skills = agents[idx].skills
                 for sk in heap.score_skills:
                     score -= skills.get(sk, 0)
-                entry: tuple[Any, ...] = (score, avail, idx, item)
+                entry = (score, avail, idx, item)
             elif code == LO:
                 entry = (occ, avail, idx, item)
-            elif code == FC:
-                entry = (handled, avail, idx, item)
             else:
-                entry = (last_offer, idx, item)
+                entry = (handled, avail, idx, item)
             push(heap, entry)
         heap.cursor = len(inbox)
         if fresh:
@@ -880,7 +894,7 @@ class Matcher:
         pop = heappop
         li = queue.li
         while len(found) < limit:
-            best: tuple[Any, ...] | None = None
+            best: Any = None  # an idle item (longest-idle) or a packed strategy entry
             best_heap: _Heap | None = None
             if li:
                 for slot in members:
@@ -919,7 +933,13 @@ class Matcher:
                         continue
                     entry = heap[0]
                     stale = 0
-                    while idle[entry[-2]] is not entry[-1]:
+                    packed = heap.code == RR
+                    while (
+                        (cur := idle[entry >> SEQ_BITS & IDX_MASK]) is None
+                        or cur[2] != entry & SEQ_MASK
+                        if packed
+                        else idle[entry[-2]] is not entry[-1]
+                    ):
                         stale += 1
                         if stale > STALE_POPS and (
                             stale > len(heap) >> 3
@@ -949,7 +969,7 @@ class Matcher:
                 if best is None or best_heap is None:
                     break
                 pop(best_heap)
-                idx = best[-2]
+                idx = best >> SEQ_BITS & IDX_MASK if packed else best[-2]
             found.append(self._by_idx[idx])
             idle[idx] = None  # its entries elsewhere are stale from now on
         return found
@@ -1255,21 +1275,30 @@ class Matcher:
             raise InvalidEvent(f"unknown timer {key!r}")
         return out
 
-    def _mostly_stale(self, heap: _Heap) -> bool:
+    def _mostly_stale(self, heap: _KHeap) -> bool:
         """Whether at least half of `STALE_SAMPLE` entries spread over the heap are stale."""
-        idle = self._idle
         n = len(heap)
-        stale = 0
-        for j in range(1, 2 * STALE_SAMPLE, 2):
-            entry = heap[j * n // (2 * STALE_SAMPLE)]
-            if idle[entry[-2]] is not entry[-1]:
-                stale += 1
+        live = self._live_test(heap)
+        stale = sum(
+            1 for j in range(1, 2 * STALE_SAMPLE, 2) if not live(heap[j * n // (2 * STALE_SAMPLE)])
+        )
         return 2 * stale >= STALE_SAMPLE
 
-    def _compact_agents(self, heap: _Heap) -> None:
-        """Drop stale idle entries and restore the heap property (amortised O(1) per push)."""
+    def _live_test(self, heap: _KHeap) -> Callable[[Any], bool]:
+        """Whether an entry of this strategy heap is still its agent's current idle item."""
         idle = self._idle
-        heap[:] = [e for e in heap if idle[e[-2]] is e[-1]]
+        if heap.code == RR:
+
+            def live(e: Any) -> bool:
+                cur = idle[e >> SEQ_BITS & IDX_MASK]
+                return cur is not None and cur[2] == e & SEQ_MASK
+
+            return live
+        return lambda e: idle[e[-2]] is e[-1]
+
+    def _compact_agents(self, heap: _KHeap) -> None:
+        """Drop stale idle entries and restore the heap property (amortised O(1) per push)."""
+        heap[:] = filter(self._live_test(heap), heap)
         heap.reheap()
 
     def _compact_calls(self, heap: _Heap) -> None:

@@ -135,9 +135,7 @@ async def test_the_service_collapses_its_heap_once_the_roster_is_in(
     roster = tmp_path / "agents.yaml"
     roster.write_text(ROSTER)
     caplog.set_level(logging.DEBUG, logger="ivr_engine.acd_gateway")
-    service = AcdService(
-        roster, AmiClient(AmiSettings()), Recorder(), None, settings=AcdSettings()
-    )
+    service = AcdService(roster, AmiClient(AmiSettings()), Recorder(), None, settings=AcdSettings())
     async with service.running():
         for _ in range(200):
             if any("on huge pages" in r.getMessage() for r in caplog.records):
