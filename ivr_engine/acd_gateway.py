@@ -47,6 +47,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -292,37 +293,54 @@ class AcdService:
             loop = asyncio.get_running_loop()
             if self._mqtt is not None:
                 self._task = loop.create_task(self._commands(self._mqtt), name="acd-commands")
+            stop_collapse = threading.Event()
             if self.settings.huge_pages_every:
                 self._huge = loop.create_task(
-                    self._huge_pages(self.settings.huge_pages_every), name="acd-huge-pages"
+                    self._huge_pages(self.settings.huge_pages_every, stop_collapse),
+                    name="acd-huge-pages",
                 )
             try:
                 yield self
             finally:
                 self.bridge.close()
-                for task in (self._task, self._huge):
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                stop_collapse.set()  # a collapse under way in its thread ends at its next range
+                tasks = [t for t in (self._task, self._huge) if t is not None]
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    await asyncio.wait(tasks)  # our own cancellation still propagates
+                for task in tasks:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("acd: task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def _huge_pages(self, every: float) -> None:
-        """Keep the matcher's memory on 2 MiB pages (acd/hugepages.py): once the roster is in,
+    #: Seconds from start-up to the first collapse: agents log in from the PBX's contact states
+    #: after the AMI connects, and the collapse should find them in.
+    huge_pages_first = 60.0
+
+    async def _huge_pages(self, every: float, stop: threading.Event) -> None:
+        """Keep the matcher's memory on 2 MiB pages (acd/hugepages.py): a minute after start-up,
         then every `every` seconds, for what was allocated since. In a worker thread: the
         madvise call copies memory (about 2 s per GB the first time) and releases the GIL."""
+        await asyncio.sleep(min(self.huge_pages_first, every))
         while True:
-            result = await asyncio.to_thread(collapse_heap)
-            if not result.supported:
+            try:
+                result = await asyncio.to_thread(collapse_heap, stop=stop)
+            except Exception:  # collapse_heap reports instead of raising; this is a backstop
+                log.exception("acd: collapsing the heap into huge pages failed")
+                result = None
+            if result is not None and not result.supported:
                 log.info("acd: the heap stays on 4 KiB pages: %s", result.reason)
                 return
-            log.debug(
-                "acd: %.0f MB on huge pages, %.0f MB too sparse left alone (failures: %s), "
-                "%.3f s",
-                result.collapsed_mb,
-                result.sparse_mb,
-                result.failures or "none",
-                result.seconds,
-            )
+            if result is not None:
+                log.log(
+                    logging.INFO if result.failures else logging.DEBUG,
+                    "acd: %.0f MB on huge pages, %.0f MB too sparse left alone (refused: %s), "
+                    "%.3f s",
+                    result.collapsed_mb,
+                    result.sparse_mb,
+                    dict(result.failures) or "none",
+                    result.seconds,
+                )
             await asyncio.sleep(every)
 
     # ------------------------------------------------------------------ waiting callers (AGI)

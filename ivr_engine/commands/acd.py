@@ -159,8 +159,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--no-huge-pages",
         dest="huge_pages",
         action="store_false",
-        help="leave the heap on 4 KiB pages (the baseline; by default it is collapsed into "
-        "2 MiB pages after the logins, as the ACD service does)",
+        help="do not collapse the heap into 2 MiB pages after the logins (the baseline; by "
+        "default it is, as the ACD service does; under the kernel's THP 'always' setting "
+        "some memory may be on huge pages anyway: see summary.huge_pages.thp_mode)",
     )
     b.set_defaults(func=_bench)
     lat = cmds.add_parser(
