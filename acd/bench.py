@@ -458,7 +458,7 @@ def replay_timed(trace: Trace, *, huge_pages: bool = False) -> Replay:
     """Replay the trace through a fresh `Matcher`, timing each call after the setup.
 
     The setup (the roster's logins, then `settle()`, as the driver did) is not timed. After it,
-    as the ACD service does once its roster is loaded, the process's heap is collapsed into
+    as the ACD service does once its agents are in, the process's heap is collapsed into
     huge pages (acd/hugepages.py) if `huge_pages` (as `run`, the bench, does). Bound
     methods and arguments are looked up before the loop, so the timed region is exactly
     `fn(*args)` between two `perf_counter_ns()` reads; nothing else runs between two calls but

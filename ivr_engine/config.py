@@ -100,7 +100,7 @@ class AcdSettings:
     PBX dial string of a customer's number for callbacks ({number} is replaced).
     `recordings_dir` is where Asterisk's MixMonitor writes agent calls, as Asterisk sees the
     path (in the dev PBX: inside its root). `huge_pages_every`: how often the heap (the
-    matcher's agents and heaps) is collapsed into 2 MiB pages, first once the roster is in
+    matcher's agents and heaps) is collapsed into 2 MiB pages, first a minute after start-up
     (acd/hugepages.py; 0 = never)."""
 
     enabled: bool = True
