@@ -797,7 +797,7 @@ METHOD = {
     "outside the timed loops",
     "huge_pages": "after each replay's setup (logins), the process's mostly-resident anonymous "
     "memory is collapsed into 2 MiB pages (madvise MADV_COLLAPSE, acd/hugepages.py), as the ACD "
-    "service does after loading its roster; --no-huge-pages keeps the kernel's 4 KiB pages",
+    "service does once its agents are in; --no-huge-pages keeps the kernel's 4 KiB pages",
     "timers": "a timer request inside a matcher call is one list append; recorded firings "
     "are replayed as timer_fired events",
     "reference": "replays a prefix of the same trace from the start; speedup compares mean "

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
+import itertools
 import os
 import sys
 import threading
@@ -112,6 +114,7 @@ def resident_ranges(data: bytes) -> list[bool]:
     ]
 
 
+@functools.cache
 def _libc_madvise() -> Madvise | None:
     try:
         fn = ctypes.CDLL(None, use_errno=True).madvise
@@ -215,14 +218,10 @@ def _collapse(
 def _runs(dense: list[bool], base: int) -> list[tuple[int, int]]:
     """(address, size) of each run of resident 2 MiB ranges, the first at `base`."""
     runs: list[tuple[int, int]] = []
-    i = 0
-    while i < len(dense):
-        if not dense[i]:
-            i += 1
-            continue
-        j = i
-        while j < len(dense) and dense[j]:
-            j += 1
-        runs.append((base + i * HUGE, (j - i) * HUGE))
-        i = j
+    at = base
+    for resident, group in itertools.groupby(dense):
+        size = sum(1 for _ in group) * HUGE
+        if resident:
+            runs.append((at, size))
+        at += size
     return runs

@@ -1287,7 +1287,8 @@ class Matcher:
         return 2 * stale >= STALE_SAMPLE
 
     def _live_test(self, heap: _KHeap) -> Callable[[Any], bool]:
-        """Whether an entry of this strategy heap is still its agent's current idle item."""
+        """Whether an entry of this strategy heap is still its agent's current idle item (the
+        same test is written out in `_best_agents`, where a call per entry would cost)."""
         idle = self._idle
         if heap.code == RR:
 

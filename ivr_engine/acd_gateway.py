@@ -327,11 +327,10 @@ class AcdService:
                 result = await asyncio.to_thread(collapse_heap, stop=stop)
             except Exception:  # collapse_heap reports instead of raising; this is a backstop
                 log.exception("acd: collapsing the heap into huge pages failed")
-                result = None
-            if result is not None and not result.supported:
-                log.info("acd: the heap stays on 4 KiB pages: %s", result.reason)
-                return
-            if result is not None:
+            else:
+                if not result.supported:
+                    log.info("acd: the heap stays on 4 KiB pages: %s", result.reason)
+                    return
                 log.log(
                     logging.INFO if result.failures else logging.DEBUG,
                     "acd: %.0f MB on huge pages, %.0f MB too sparse left alone (refused: %s), "

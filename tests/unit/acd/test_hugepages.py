@@ -80,6 +80,9 @@ def test_a_range_counts_as_resident_from_three_quarters_of_its_pages() -> None:
     pages += [present] * 383 + [absent] * 129  # just under: leave alone
     assert resident_ranges(b"".join(pages)) == [True, False]
     assert resident_ranges(b"".join(pages[:600])) == [True, False]  # a short read: absent
+    huge = 2 << 20
+    dense = [True, True, False, True, False, False]
+    assert hugepages._runs(dense, 8 * huge) == [(8 * huge, 2 * huge), (11 * huge, huge)]
 
 
 def test_thp_mode_reads_the_bracketed_word(tmp_path: Path) -> None:
